@@ -2,7 +2,8 @@
 
 The façade: everything a data loader or a script needs is importable from
 here.  Names are imported on first use, so ``python -m pyowtorrent.verify``
-pays only for what verification needs.
+pays only for what verification needs.  (Checking a payload is
+``verify_payload``: the name ``pyowtorrent.verify`` belongs to that module.)
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ __all__ = [
     "PyowtorrentError",
     "StorageError",
     "TrackerError",
-    "verify",
     *_LAZY,
 ]
 
@@ -55,18 +55,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
-
-
-def verify(torrent: Any, payload: Any, **kwargs: Any) -> Any:
-    """Check ``payload`` against ``torrent`` (a path to a .torrent or a :class:`Metainfo`).
-
-    Returns a :class:`VerifyReport`; ``report.ok`` is true when every piece matched.
-    """
-    from .hashing import verify_payload
-    from .metainfo import Metainfo, load_metainfo
-
-    meta = torrent if isinstance(torrent, Metainfo) else load_metainfo(torrent)
-    return verify_payload(meta, payload, **kwargs)
 
 
 if TYPE_CHECKING:

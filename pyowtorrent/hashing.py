@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .layout import FileEntry, Layout
+from .metainfo import Metainfo, load_metainfo
 
 log = logging.getLogger(__name__)
 
@@ -370,13 +371,19 @@ def check_files(files: Sequence[FileEntry], paths: Sequence[Path | None]) -> lis
 
 
 def verify_payload(
-    meta: Any,
+    torrent: Metainfo | str | os.PathLike[str],
     payload: str | os.PathLike[str],
     *,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> VerifyReport:
-    """Check every piece of ``payload`` against ``meta`` (a :class:`~pyowtorrent.metainfo.Metainfo`)."""
+    """Check every piece of ``payload`` against ``torrent`` (a :class:`Metainfo` or a .torrent's path).
+
+    ``payload`` is the file itself for a single-file torrent, the directory
+    named after the torrent for a multi-file one.  ``report.ok`` is true when
+    every piece matched.
+    """
+    meta = torrent if isinstance(torrent, Metainfo) else load_metainfo(torrent)
     layout: Layout = meta.layout
     paths = payload_paths(layout.files, meta.multi_file, Path(payload))
     problems = check_files(layout.files, paths)

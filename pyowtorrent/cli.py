@@ -1,0 +1,165 @@
+"""The ``pyowtorrent`` command: create, info, verify, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import PyowtorrentError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyowtorrent", description="Publish and fetch datasets over BitTorrent.")
+    parser.add_argument("--version", action="version", version=f"pyowtorrent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("create", help="make a .torrent of a file or directory")
+    p.add_argument("path", help="the file or directory to share")
+    p.add_argument("-o", "--output", help="where to write the .torrent (default: NAME.torrent here)")
+    p.add_argument("--piece-length", type=_size, help="bytes per piece, a power of two >= 16 KiB (default: by size)")
+    p.add_argument("--tracker", action="append", default=[], metavar="URL", help="a tracker; each one is a tier")
+    p.add_argument("--web-seed", action="append", default=[], metavar="URL", help="a BEP 19 web seed URL")
+    p.add_argument("--private", action="store_true", help="BEP 27: peers only from the trackers")
+    p.add_argument("--comment", help="a free-text comment")
+    p.add_argument("--no-date", action="store_true", help="leave out the creation date (reproducible output)")
+    p.add_argument("--threads", type=int, help="hashing threads (default: one per core)")
+
+    p = sub.add_parser("info", help="show what a .torrent holds")
+    p.add_argument("torrent")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from . import verify as verify_mod
+
+    p = sub.add_parser("verify", help="check a payload against a .torrent")
+    verify_mod.build_parser(p)
+
+    p = sub.add_parser("demo", help="create a sample dataset, make its torrent, verify it")
+    p.add_argument("--dir", help="work here instead of a temporary directory")
+    p.add_argument("--size", type=_size, default=64 << 20, help="sample payload size in bytes (default 64 MiB)")
+
+    args = parser.parse_args(argv)
+    handler = {"create": _create, "info": _info, "verify": verify_mod.run, "demo": _demo}[args.command]
+    try:
+        return verify_mod.guard_pipe(handler, args)
+    except PyowtorrentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = units.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if t[-1:] in units else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _progress(total: int, desc: str) -> Any:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr)
+
+
+def _create(args: argparse.Namespace) -> int:
+    from .create import create_torrent, list_files
+
+    src = Path(args.path)
+    total = sum(s for _, s, _ in list_files(src)) if src.is_dir() else (src.stat().st_size if src.is_file() else 0)
+    bar = _progress(total, "hashing")
+    try:
+        meta = create_torrent(
+            src,
+            piece_length=args.piece_length,
+            trackers=args.tracker,
+            web_seeds=args.web_seed,
+            private=args.private,
+            comment=args.comment,
+            creation_date=None if args.no_date else -1,
+            threads=args.threads,
+            progress=bar.update if bar is not None else None,
+        )
+    except ValueError as exc:
+        raise PyowtorrentError(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    out = Path(args.output) if args.output else Path(f"{meta.name}.torrent")
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_bytes(meta.to_bytes())
+    os.replace(tmp, out)
+    print(f"{out}: {meta.name}, {meta.total_length} bytes in {meta.num_pieces} pieces of {meta.piece_length}")
+    print(f"info-hash {meta.info_hash.hex()}")
+    return 0
+
+
+def info_dict(meta: Any) -> dict[str, Any]:
+    return {
+        "name": meta.name,
+        "info_hash": meta.info_hash.hex(),
+        "info_hash_v2": meta.info_hash_v2.hex() if meta.info_hash_v2 else None,
+        "total_length": meta.total_length,
+        "piece_length": meta.piece_length,
+        "num_pieces": meta.num_pieces,
+        "private": meta.private,
+        "files": [
+            {"path": f.path_str, "length": f.length, **({"pad": True} if f.pad else {})}
+            for f in meta.files
+            if not f.pad
+        ],
+        "trackers": [list(t) for t in meta.trackers],
+        "web_seeds": list(meta.web_seeds),
+        "creation_date": meta.creation_date,
+        "comment": meta.comment,
+        "created_by": meta.created_by,
+        "magnet": meta.magnet(),
+    }
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .metainfo import load_metainfo
+
+    meta = load_metainfo(args.torrent)
+    doc = info_dict(meta)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"name:         {doc['name']}")
+    print(f"info-hash:    {doc['info_hash']}")
+    if doc["info_hash_v2"]:
+        print(f"info-hash v2: {doc['info_hash_v2']} (hybrid torrent, read as v1)")
+    print(f"size:         {doc['total_length']} bytes")
+    print(f"pieces:       {doc['num_pieces']} x {doc['piece_length']} bytes")
+    print(f"private:      {'yes' if doc['private'] else 'no'}")
+    for i, tier in enumerate(doc["trackers"]):
+        print(f"tracker tier {i}: {' '.join(tier)}")
+    for url in doc["web_seeds"]:
+        print(f"web seed:     {url}")
+    if doc["comment"]:
+        print(f"comment:      {doc['comment']}")
+    print(f"files:        {len(doc['files'])}")
+    for f in doc["files"]:
+        print(f"  {f['length']:>14}  {f['path']}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.dir, args.size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
