@@ -160,6 +160,8 @@ def hash_pieces(
     *,
     threads: int | None = None,
     progress: Progress | None = None,
+    chunk_size: int = CHUNK,
+    batch_size: int = BATCH,
 ) -> PieceHashes:
     """SHA-1 every piece of ``layout`` from the files at ``paths``.
 
@@ -167,17 +169,19 @@ def hash_pieces(
     are zeros (a BEP 47 pad file).  A piece that cannot be read whole gets
     its reason in ``unreadable``; its digest is then meaningless.
     ``progress(nbytes)`` is called on the calling thread as work completes.
+    ``chunk_size`` (bytes per read) and ``batch_size`` (bytes a thread claims
+    at a time) are tuning knobs; memory is about ``threads × chunk_size``.
     """
     n = layout.num_pieces
     result = PieceHashes(bytearray(20 * n))
     if n == 0:
         return result
     plen = layout.piece_length
-    if plen <= CHUNK:
-        chunk = (CHUNK // plen) * plen  # whole pieces per read: one sha1 call each
+    if plen <= chunk_size:
+        chunk = (chunk_size // plen) * plen  # whole pieces per read: one sha1 call each
     else:
-        chunk = CHUNK
-    per_batch = max(1, BATCH // plen)
+        chunk = chunk_size
+    per_batch = max(1, batch_size // plen)
     batches = range(0, n, per_batch)
     claim = iter(batches).__next__  # next() on a range iterator is atomic under the GIL
     done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()

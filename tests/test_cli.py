@@ -1,0 +1,178 @@
+"""The command-line tools, run as a user runs them: in a subprocess."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+
+from pyowtorrent.create import create_torrent
+
+from .conftest import REPO
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, timeout=120, **kw)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "ds"
+    (root / "sub").mkdir(parents=True)
+    (root / "big.zip").write_bytes(os.urandom(200_000))
+    (root / "sub" / "small.txt").write_bytes(b"tiny")
+    torrent = tmp_path / "ds.torrent"
+    torrent.write_bytes(create_torrent(root, piece_length=16384).to_bytes())
+    return torrent, root
+
+
+def test_verify_clears_a_good_payload(dataset: tuple[Path, Path]) -> None:
+    torrent, root = dataset
+    r = run("-m", "pyowtorrent.verify", str(torrent), str(root))
+    assert r.returncode == 0
+    assert "DATA INTEGRITY CLEARED!" in r.stdout
+    assert r.stderr == ""  # no progress bar when stderr is not a terminal
+
+
+def test_verify_names_failed_pieces_files_and_byte_ranges(dataset: tuple[Path, Path]) -> None:
+    torrent, root = dataset
+    with open(root / "big.zip", "r+b") as f:
+        f.seek(20000)
+        f.write(b"\xff\xfe")
+    (root / "sub" / "small.txt").unlink()
+    r = run("-m", "pyowtorrent.verify", str(torrent), str(root))
+    assert r.returncode == 1
+    assert "CLEARED" not in r.stdout
+    assert "file ds/sub/small.txt: missing" in r.stdout
+    assert "piece 1 FAILED (hash mismatch): ds/big.zip bytes 16384-32767" in r.stdout
+    assert "ds/sub/small.txt" in r.stdout.splitlines()[-2]  # the last piece covers the missing file
+    assert "FAILED." in r.stdout.splitlines()[-1]
+
+
+def test_verify_json_report(dataset: tuple[Path, Path]) -> None:
+    torrent, root = dataset
+    with open(root / "big.zip", "r+b") as f:
+        f.seek(100)
+        f.write(b"!")
+    r = run("-m", "pyowtorrent.verify", "--json", str(torrent), str(root))
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and doc["num_pieces"] == 13 and doc["pieces_passed"] == 12
+    assert doc["failed_pieces"] == [
+        {"index": 0, "reason": "hash mismatch", "files": [{"path": "ds/big.zip", "start": 0, "end": 16384}]}
+    ]
+
+
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (lambda t, r: [str(t.parent / "nope.torrent"), str(r)], "cannot read"),
+        (lambda t, r: [str(r / "big.zip"), str(r)], "not a bencoded dictionary"),
+        (lambda t, r: [str(t), str(r.parent / "absent")], "no such file or directory"),
+        (lambda t, r: [str(t), str(r / "big.zip")], "give the directory"),
+    ],
+)
+def test_verify_unusable_input_is_one_line_and_exit_2(dataset: tuple[Path, Path], make_args, message: str) -> None:
+    torrent, root = dataset
+    r = run("-m", "pyowtorrent.verify", *make_args(torrent, root))
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_verify_imports_only_what_it_needs(dataset: tuple[Path, Path]) -> None:
+    torrent, root = dataset
+    probe = (
+        "import runpy, sys, json\n"
+        f"sys.argv = ['verify', {str(torrent)!r}, {str(root)!r}]\n"
+        "try:\n    runpy.run_module('pyowtorrent.verify', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    r = run("-c", probe)
+    assert r.returncode == 0, r.stderr
+    loaded = json.loads(r.stderr.strip().splitlines()[-1])
+    heavy = [m for m in loaded if m.split(".")[0] in {"aiohttp", "aiofiles", "asyncio", "googleapiclient", "google", "tqdm", "libtorrent"}]
+    assert heavy == []
+
+
+def test_verify_shows_a_progress_bar_on_a_terminal(dataset: tuple[Path, Path]) -> None:
+    torrent, root = dataset
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pyowtorrent.verify", str(torrent), str(root)],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=ENV,
+        )
+        os.close(slave)
+        out, _ = proc.communicate(timeout=120)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the terminal's far side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0 and b"DATA INTEGRITY CLEARED!" in out
+    bar = b"".join(chunks).decode(errors="replace")
+    assert "verifying" in bar and "100%" in bar and "B/s" in bar
+
+
+def test_create_info_verify_round_trip(tmp_path: Path) -> None:
+    payload = tmp_path / "data.zip"
+    payload.write_bytes(os.urandom(50_000))
+    out = tmp_path / "data.torrent"
+    r = run(
+        "-m", "pyowtorrent", "create", str(payload), "-o", str(out), "--piece-length", "16k",
+        "--tracker", "udp://tracker.example:6969/announce", "--web-seed", "http://files.example/data.zip",
+        "--private", "--comment", "v1 of the data", "--no-date",
+    )
+    assert r.returncode == 0, r.stderr
+    info = run("-m", "pyowtorrent", "info", str(out), "--json")
+    doc = json.loads(info.stdout)
+    assert doc["name"] == "data.zip" and doc["total_length"] == 50_000 and doc["num_pieces"] == 4
+    assert doc["piece_length"] == 16384 and doc["private"] is True
+    assert doc["trackers"] == [["udp://tracker.example:6969/announce"]]
+    assert doc["web_seeds"] == ["http://files.example/data.zip"]
+    assert doc["files"] == [{"path": "data.zip", "length": 50_000}]
+    assert doc["magnet"].startswith("magnet:?xt=urn:btih:" + doc["info_hash"])
+    assert doc["info_hash"] in r.stdout
+    text = run("-m", "pyowtorrent", "info", str(out))
+    assert "name:         data.zip" in text.stdout and "private:      yes" in text.stdout
+    v = run("-m", "pyowtorrent", "verify", str(out), str(payload))
+    assert v.returncode == 0 and "DATA INTEGRITY CLEARED!" in v.stdout
+    again = tmp_path / "again.torrent"
+    run("-m", "pyowtorrent", "create", str(payload), "-o", str(again), "--piece-length", "16k",
+        "--tracker", "udp://tracker.example:6969/announce", "--web-seed", "http://files.example/data.zip",
+        "--private", "--comment", "v1 of the data", "--no-date")
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    r = run("-m", "pyowtorrent", "info", str(tmp_path / "missing.torrent"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    r = run("-m", "pyowtorrent", "create", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    r = run("-m", "pyowtorrent", "demo", "--size", "2m")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pieces good" in r.stdout and "demo complete" in r.stdout
