@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bencodepy import Bencached, BencodeDecodeError, BencodeDecoder, BencodeEncoder
+from bencodepy import Bencached, BencodeDecodeError, BencodeDecoder, BencodeEncoder  # type: ignore[import-untyped]
 
 from .errors import BencodeError
 
@@ -83,7 +83,8 @@ _DECODE_FAILURES = (BencodeDecodeError, IndexError, KeyError, TypeError, ValueEr
 def encode(value: Any) -> bytes:
     """Bencode ``value`` (dict keys are sorted, as BEP 3 requires)."""
     try:
-        return _encoder.encode(value)
+        data: bytes = _encoder.encode(value)
+        return data
     except (KeyError, TypeError) as exc:
         raise BencodeError(f"cannot bencode a value of type {type(exc.args[0]).__name__ if exc.args else '?'}") from None
 

@@ -67,7 +67,7 @@ def _size(text: str) -> int:
 def _progress(total: int, desc: str) -> Any:
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr)
 

@@ -241,7 +241,8 @@ def _hash_run(reader: _Reader, first: int, last: int, result: PieceHashes) -> No
     end = min(last * plen, layout.total_length)
     digests = result.digests
     piece = first
-    hasher: Any = None
+    hasher: Any = None  # the running SHA-1 of a piece that spans reads
+    digest: bytes | None
     pos = start
     while pos < end:
         n = min(chunk, end - pos)

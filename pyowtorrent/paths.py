@@ -114,7 +114,7 @@ def _sanitize(raw: bytes, force: bool, windows: bool) -> str:
             found_extension = True
             i = dot
     if windows:
-        while out and out[-1:] in (b" ", b"."):
+        while out and out[-1] in (0x20, 0x2E):  # trailing spaces and dots
             out.pop()
     if added == dots and added <= 2 or not out:
         # ".", "..", or nothing left once separators were dropped.
@@ -144,7 +144,7 @@ def sanitize_name(raw: bytes, info_hash: bytes, *, single_file: bool, windows: b
     name = _sanitize(raw, False, windows)
     if name:
         return name
-    if single_file or not raw:
+    if single_file:
         raise MetainfoError(f"'name' {raw[:64]!r} is not a usable file name")
     return info_hash.hex()
 

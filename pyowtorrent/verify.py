@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from .errors import PyowtorrentError
 from .hashing import VerifyReport, verify_payload
@@ -90,10 +90,10 @@ def _check_payload_kind(meta: Metainfo, payload: str) -> None:
         raise PyowtorrentError(f"{payload}: this torrent is one file; give the file {meta.name!r} itself")
 
 
-def _progress_bar(total: int) -> tuple[object | None, Callable[[int], None] | None]:
+def _progress_bar(total: int) -> tuple[Any, Callable[[int], None] | None]:
     if not sys.stderr.isatty():
         return None, None
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="verifying", file=sys.stderr)
     return bar, bar.update
