@@ -162,6 +162,7 @@ def hash_pieces(
     progress: Progress | None = None,
     chunk_size: int = CHUNK,
     batch_size: int = BATCH,
+    wanted: Sequence[bool] | None = None,
 ) -> PieceHashes:
     """SHA-1 every piece of ``layout`` from the files at ``paths``.
 
@@ -171,6 +172,7 @@ def hash_pieces(
     ``progress(nbytes)`` is called on the calling thread as work completes.
     ``chunk_size`` (bytes per read) and ``batch_size`` (bytes a thread claims
     at a time) are tuning knobs; memory is about ``threads × chunk_size``.
+    With ``wanted``, only the pieces it marks true are hashed.
     """
     n = layout.num_pieces
     result = PieceHashes(bytearray(20 * n))
@@ -182,8 +184,8 @@ def hash_pieces(
     else:
         chunk = chunk_size
     per_batch = max(1, batch_size // plen)
-    batches = range(0, n, per_batch)
-    claim = iter(batches).__next__  # next() on a range iterator is atomic under the GIL
+    batches = _batches(n, per_batch, wanted)
+    claim = iter(batches).__next__  # next() on a list iterator is atomic under the GIL
     done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
     threads = max(1, min(threads or default_threads(), len(batches)))
 
@@ -192,12 +194,11 @@ def hash_pieces(
         try:
             while True:
                 try:
-                    first = claim()
+                    first, last = claim()
                 except StopIteration:
                     return
-                last = min(first + per_batch, n)
                 _hash_run(reader, first, last, result)
-                done.put(layout.piece_length * (last - first))
+                done.put(min(last * plen, layout.total_length) - first * plen)
         except BaseException as exc:  # handed to the caller, raised there
             done.put(exc)
         finally:
@@ -208,8 +209,6 @@ def hash_pieces(
         w.start()
     error: BaseException | None = None
     remaining = len(batches)
-    total = layout.total_length
-    reported = 0
     while remaining:
         item = done.get()
         if isinstance(item, BaseException):
@@ -217,9 +216,7 @@ def hash_pieces(
             break
         remaining -= 1
         if progress is not None:
-            step = min(item, total - reported)
-            reported += step
-            progress(step)
+            progress(item)
     if error is not None:
         # Stop handing out work, let the threads drain, then raise.
         claim = iter(()).__next__  # noqa: F841 - the closure reads the new binding
@@ -229,6 +226,24 @@ def hash_pieces(
     for w in workers:
         w.join()
     return result
+
+
+def _batches(n: int, per_batch: int, wanted: Sequence[bool] | None) -> list[tuple[int, int]]:
+    """Runs ``[first, last)`` of at most ``per_batch`` consecutive pieces to hash."""
+    if wanted is None:
+        return [(i, min(i + per_batch, n)) for i in range(0, n, per_batch)]
+    out = []
+    i = 0
+    while i < n:
+        if not wanted[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and j - i < per_batch and wanted[j]:
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
 
 
 def _hash_run(reader: _Reader, first: int, last: int, result: PieceHashes) -> None:
