@@ -147,7 +147,11 @@ def parse_metainfo(data: bytes) -> Metainfo:
         raise MetainfoError("missing or invalid 'name' (must be a string)")
     name = sanitize_name(raw_name, info_hash, single_file=not multi_file)
 
-    files = _parse_files(info, name) if multi_file else [_single_file(info, name)]
+    if multi_file:
+        files, as_named = _parse_files(info, name)
+    else:
+        files = [_single_file(info, name)]
+        as_named = [files[0].path]
     layout = Layout(piece_length, files)
     if layout.total_length // piece_length > (1 << 30) - 1 or layout.num_pieces > MAX_PIECES:
         raise MetainfoError(f"{layout.num_pieces} pieces is more than the limit of {MAX_PIECES}")
@@ -165,7 +169,7 @@ def parse_metainfo(data: bytes) -> Metainfo:
 
     info_hash_v2 = None
     if v2:
-        _check_hybrid(info, layout, name, multi_file)
+        _check_hybrid(info, layout, name, multi_file, as_named)
         info_hash_v2 = hashlib.sha256(info_bytes).digest()
 
     comment = _string_key(top, b"comment.utf-8") or _string_key(top, b"comment")
@@ -219,7 +223,8 @@ def _single_file(info: dict[bytes, Any], name: str) -> FileEntry:
     return FileEntry((name,), length, 0, executable="x" in attr, hidden="h" in attr, mtime=_mtime(info))
 
 
-def _parse_files(info: dict[bytes, Any], name: str) -> list[FileEntry]:
+def _parse_files(info: dict[bytes, Any], name: str) -> tuple[list[FileEntry], list[tuple[str, ...]]]:
+    """The files, and their paths as named before clashing names were renamed."""
     raw_files = info[b"files"]
     if not raw_files:
         raise MetainfoError("'files' is empty: the torrent has no files")
@@ -253,8 +258,9 @@ def _parse_files(info: dict[bytes, Any], name: str) -> list[FileEntry]:
         offset += length
         if offset > MAX_TOTAL_LENGTH:
             raise MetainfoError(f"total length passes {MAX_TOTAL_LENGTH} bytes at {what}")
-    paths = resolve_duplicates([e["path"] for e in entries], [e["pad"] for e in entries])
-    return [
+    as_named = [e["path"] for e in entries]
+    paths = resolve_duplicates(as_named, [e["pad"] for e in entries])
+    files = [
         FileEntry(
             p,
             e["length"],
@@ -267,6 +273,7 @@ def _parse_files(info: dict[bytes, Any], name: str) -> list[FileEntry]:
         )
         for p, e in zip(paths, entries)
     ]
+    return files, as_named
 
 
 def _symlink_target(value: Any, what: str) -> tuple[str, ...] | None:
@@ -376,11 +383,15 @@ def _parse_nodes(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def _check_hybrid(info: dict[bytes, Any], layout: Layout, name: str, multi_file: bool) -> None:
+def _check_hybrid(
+    info: dict[bytes, Any], layout: Layout, name: str, multi_file: bool, as_named: list[tuple[str, ...]]
+) -> None:
     """A hybrid torrent's v1 files and v2 file tree must describe the same files (BEP 52).
 
     Otherwise v1 and v2 peers could deliver different data under one
     torrent, which is why libtorrent refuses it (torrent_inconsistent_files).
+    Paths are compared as the torrent names them, before clashing names are
+    renamed (the v2 tree is renamed the same way afterwards).
     """
     tree = info.get(b"file tree")
     if not isinstance(tree, dict):
@@ -409,11 +420,11 @@ def _check_hybrid(info: dict[bytes, Any], layout: Layout, name: str, multi_file:
             v2[last:] = [(p, n, o - tail, pad) for p, n, o, pad in v2[last:]]
     if len(v2) != len(layout.files) or sum(e[1] for e in v2) != layout.total_length:
         raise MetainfoError("hybrid torrent: the v1 'files' and the v2 'file tree' list different files")
-    for (path, length, offset, pad), f in zip(v2, layout.files):
+    for (path, length, offset, pad), f, named in zip(v2, layout.files, as_named):
         relevant = not pad and length > 0
         if relevant != (not f.pad and f.length > 0):
             raise MetainfoError(f"hybrid torrent: v1 file {f.path_str!r} has no counterpart in the v2 'file tree'")
-        if relevant and (path != f.path or length != f.length or offset != f.offset):
+        if relevant and (path != named or length != f.length or offset != f.offset):
             raise MetainfoError(f"hybrid torrent: v2 file {'/'.join(path)!r} does not match v1 file {f.path_str!r}")
 
 
@@ -424,15 +435,15 @@ def _walk_file_tree(node: dict[bytes, Any], prefix: tuple[str, ...], out: list[t
         if key == b"":
             if not prefix:
                 raise MetainfoError("v2 'file tree' has a file with no name")
-            length = child.get(b"length")
+            symlink = "l" in _attr(child)
+            length = 0 if symlink else child.get(b"length")
             if type(length) is not int or not 0 <= length <= MAX_FILE_LENGTH:
                 raise MetainfoError(f"v2 file {'/'.join(prefix)!r}: missing or invalid 'length'")
             if "p" in _attr(child):
                 raise MetainfoError(f"v2 file {'/'.join(prefix)!r}: pad files have no place in a 'file tree'")
             root = child.get(b"pieces root")
-            if length and "l" not in _attr(child):
-                if not isinstance(root, bytes) or len(root) != 32 or not any(root):
-                    raise MetainfoError(f"v2 file {'/'.join(prefix)!r}: missing or invalid 'pieces root'")
-            out.append((prefix, length if "l" not in _attr(child) else 0))
+            if length and (not isinstance(root, bytes) or len(root) != 32 or not any(root)):
+                raise MetainfoError(f"v2 file {'/'.join(prefix)!r}: missing or invalid 'pieces root'")
+            out.append((prefix, length))
         else:
             _walk_file_tree(child, prefix + (sanitize_element(key),), out)
