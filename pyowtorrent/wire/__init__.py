@@ -1,0 +1,78 @@
+"""The BitTorrent peer wire protocol (BEP 3, 5, 6, 10), sans I/O.
+
+Bytes in, events out; events in, bytes out (the shape of python-hyper/h11)::
+
+    conn = PeerConnection(info_hash, peer_id, num_pieces, piece_length, total_length)
+    sock.sendall(conn.handshake_bytes())
+    for event in conn.receive_data(sock.recv(65536)):
+        ...
+    sock.sendall(conn.send(Interested()))
+"""
+
+from __future__ import annotations
+
+from .bitfield import bitfield_bytes, bitfield_flags, bitfield_length, bits_to_set
+from .connection import DEFAULT_MAX_BLOCK, DEFAULT_MAX_EXTENSION_MESSAGE, PeerConnection
+from .errors import LocalProtocolError, RemoteProtocolError, Violation
+from .events import (
+    AllowedFast,
+    Bitfield,
+    Cancel,
+    Choke,
+    Event,
+    Extended,
+    ExtensionHandshake,
+    Handshake,
+    Have,
+    HaveAll,
+    HaveNone,
+    Interested,
+    KeepAlive,
+    Message,
+    NotInterested,
+    Piece,
+    Port,
+    Reject,
+    Request,
+    Suggest,
+    Unchoke,
+)
+from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
+
+__all__ = [
+    "AllowedFast",
+    "Bitfield",
+    "Cancel",
+    "Choke",
+    "DEFAULT_MAX_BLOCK",
+    "DEFAULT_MAX_EXTENSION_MESSAGE",
+    "Event",
+    "Extended",
+    "ExtensionHandshake",
+    "HANDSHAKE_LENGTH",
+    "Handshake",
+    "Have",
+    "HaveAll",
+    "HaveNone",
+    "Interested",
+    "KeepAlive",
+    "LocalProtocolError",
+    "Message",
+    "NotInterested",
+    "PROTOCOL",
+    "PeerConnection",
+    "Piece",
+    "Port",
+    "Reject",
+    "RemoteProtocolError",
+    "Request",
+    "Suggest",
+    "Unchoke",
+    "Violation",
+    "bitfield_bytes",
+    "bitfield_flags",
+    "bitfield_length",
+    "bits_to_set",
+    "encode_handshake",
+    "parse_handshake",
+]

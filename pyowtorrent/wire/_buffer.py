@@ -1,0 +1,86 @@
+"""Received bytes not yet parsed, kept as the chunks they arrived in.
+
+A message is cut out of the chunks with one slice or one ``b"".join`` of
+memoryview slices, so each byte of a 16 KiB block is copied exactly once
+between the socket's ``bytes`` and the ``Piece`` event, however the stream
+was split.  Consumed bytes are dropped by advancing an offset into the first
+chunk and popping whole chunks: no ``del buf[:n]``, nothing quadratic when a
+large chunk holds thousands of messages.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+# Tiny chunks (a peer trickling bytes) are merged so that the number of
+# objects held stays proportional to the bytes held; merging copies at most
+# this many bytes, so it costs nothing next to the per-call overhead.
+_MERGE_BELOW = 512
+
+
+class ByteQueue:
+    __slots__ = ("_chunks", "_offset", "size")
+
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0  # into self._chunks[0]
+        self.size = 0  # bytes held and not yet taken
+
+    def append(self, data: bytes) -> None:
+        if not data:
+            return
+        chunks = self._chunks
+        if chunks and len(chunks[-1]) + len(data) <= _MERGE_BELOW:
+            chunks[-1] += data
+        else:
+            chunks.append(data)
+        self.size += len(data)
+
+    def peek_byte(self) -> int:
+        """The next byte, without taking it (size must be at least 1)."""
+        return self._chunks[0][self._offset]
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` of the next bytes, without taking them (for small ``n``)."""
+        parts = []
+        offset = self._offset
+        for chunk in self._chunks:
+            parts.append(chunk[offset : offset + n])
+            n -= len(chunk) - offset
+            offset = 0
+            if n <= 0:
+                break
+        return b"".join(parts)
+
+    def take(self, n: int) -> bytes:
+        """Remove and return the next ``n`` bytes (size must be at least ``n``)."""
+        if n == 0:
+            return b""
+        chunks = self._chunks
+        first = chunks[0]
+        start = self._offset
+        end = start + n
+        self.size -= n
+        if end < len(first):
+            self._offset = end
+            return first[start:end]
+        if end == len(first):
+            chunks.popleft()
+            self._offset = 0
+            # A whole bytes object sliced whole is the same object: no copy.
+            return first[start:]
+        parts: list[bytes | memoryview] = [memoryview(first)[start:]]
+        chunks.popleft()
+        self._offset = 0
+        need = end - len(first)
+        while need:
+            chunk = chunks[0]
+            if len(chunk) <= need:
+                parts.append(chunk)
+                chunks.popleft()
+                need -= len(chunk)
+            else:
+                parts.append(memoryview(chunk)[:need])
+                self._offset = need
+                need = 0
+        return b"".join(parts)

@@ -1,0 +1,195 @@
+"""The events of the peer wire protocol: one small immutable class per message.
+
+Names follow the BEPs: BEP 3 (the core messages), BEP 5 (``Port``), BEP 6
+(the fast extension) and BEP 10 (the extension protocol).  The same classes
+go both ways: :meth:`PeerConnection.receive_data` returns them and
+:meth:`PeerConnection.send` takes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+__all__ = [
+    "AllowedFast",
+    "Bitfield",
+    "Cancel",
+    "Choke",
+    "Event",
+    "Extended",
+    "ExtensionHandshake",
+    "Handshake",
+    "Have",
+    "HaveAll",
+    "HaveNone",
+    "Interested",
+    "KeepAlive",
+    "Message",
+    "NotInterested",
+    "Piece",
+    "Port",
+    "Reject",
+    "Request",
+    "Suggest",
+    "Unchoke",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """BEP 3's handshake, with the reserved bits we understand decoded."""
+
+    info_hash: bytes
+    peer_id: bytes
+    fast: bool = False  # BEP 6: reserved[7] & 0x04
+    extension_protocol: bool = False  # BEP 10: reserved[5] & 0x10
+    dht: bool = False  # BEP 5: reserved[7] & 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Choke:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Unchoke:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Interested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NotInterested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bitfield:
+    """Piece 0 is the high bit of the first byte; spare bits are zero."""
+
+    bits: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    index: int
+    begin: int
+    block: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    """BEP 5: the sender's DHT node listens on this UDP port."""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class HaveAll:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class HaveNone:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Suggest:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    index: int
+    begin: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedFast:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionHandshake:
+    """BEP 10's handshake (extended message 0).
+
+    ``m`` maps extension names to the ids the *sender* wants to receive them
+    under (0 disables one).  The well-known keys are decoded when they have
+    the right type and ignored otherwise, as BEP 10 asks; ``raw`` keeps the
+    whole dictionary (bytes keys) for everything else.  On sending, the typed
+    fields override the same keys of ``raw``.
+    """
+
+    m: dict[str, int] = field(default_factory=dict)
+    v: str | None = None
+    reqq: int | None = None
+    p: int | None = None
+    yourip: bytes | None = None
+    raw: dict[bytes, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Extended:
+    """A BEP 10 extension message other than the handshake.
+
+    ``ext_id`` is the id the receiver of the message chose for it in its
+    :class:`ExtensionHandshake`; ``payload`` is everything after that byte.
+    """
+
+    ext_id: int
+    payload: bytes = field(repr=False)
+
+
+Message: TypeAlias = (
+    KeepAlive
+    | Choke
+    | Unchoke
+    | Interested
+    | NotInterested
+    | Have
+    | Bitfield
+    | Request
+    | Piece
+    | Cancel
+    | Port
+    | HaveAll
+    | HaveNone
+    | Suggest
+    | Reject
+    | AllowedFast
+    | ExtensionHandshake
+    | Extended
+)
+"""Everything that follows the handshake."""
+
+Event: TypeAlias = Handshake | Message
