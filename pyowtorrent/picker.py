@@ -145,6 +145,7 @@ class PiecePicker:
     # -- our own pieces -------------------------------------------------
 
     def we_have(self, index: int) -> None:
+        """The piece is verified and on disk (after a hash check, or from resume data)."""
         self._check_index(index)
         if self._have[index]:
             return
@@ -173,6 +174,7 @@ class PiecePicker:
     # -- availability -----------------------------------------------------
 
     def peer_have(self, index: int) -> None:
+        """A peer announced ``index``: O(1)."""
         self._check_index(index)
         if self._dirty or self._pos[index] < 0:
             self._avail[index] += 1
@@ -180,9 +182,15 @@ class PiecePicker:
             self._inc(index)
 
     def peer_bitfield(self, have: Bits) -> None:
+        """A peer's pieces, one 0/1 item per piece (see :func:`unpack_bitfield`).
+
+        A peer whose bitfield is full is better reported with
+        :meth:`peer_have_all`: it then costs nothing here.
+        """
         self._apply(have, operator.add)
 
     def peer_have_all(self) -> None:
+        """A seed (BEP 6 have-all): counted once, not per piece."""
         self._seeds += 1
 
     def peer_lost(self, have: Bits | None, is_seed: bool = False) -> None:
@@ -297,6 +305,7 @@ class PiecePicker:
         self._drop_request(peer, *key)
 
     def on_peer_gone(self, peer: Hashable) -> None:
+        """Every request still out to ``peer`` goes back to the pool."""
         out = self._outstanding.pop(peer, None)
         for index, bno in sorted(out or ()):
             self._drop_request(peer, index, bno)
@@ -308,6 +317,7 @@ class PiecePicker:
         return len(self._outstanding.get(peer, ()))
 
     def on_piece_passed(self, index: int) -> None:
+        """The complete piece hashed correctly and is written."""
         self.we_have(index)
 
     def on_piece_failed(self, index: int) -> None:
@@ -388,15 +398,17 @@ class PiecePicker:
             out.append(self._block(index, bno))
 
     def _request_blocks(self, piece: _Piece, peer: Hashable, n: int, out: list[Block]) -> None:
-        state, index = piece.state, piece.index
+        state, index, requesters = piece.state, piece.index, piece.requesters
+        size = self._piece_size(index)
         mine = self._outstanding.setdefault(peer, set())
         taken = 0
         bno = state.find(_FREE)
         while bno >= 0 and taken < n:
             state[bno] = _REQUESTED
-            piece.requesters[bno] = [peer]
+            requesters[bno] = [peer]
             mine.add((index, bno))
-            out.append(self._block(index, bno))
+            begin = bno * BLOCK
+            out.append(Block(index, begin, BLOCK if begin + BLOCK <= size else size - begin))
             taken += 1
             bno = state.find(_FREE, bno + 1)
         if taken:
