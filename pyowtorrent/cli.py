@@ -1,4 +1,4 @@
-"""The ``pyowtorrent`` command: create, info, verify, demo."""
+"""The ``pyowtorrent`` command: create, info, verify, download, seed, demo."""
 
 from __future__ import annotations
 
@@ -38,12 +38,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check a payload against a .torrent")
     verify_mod.build_parser(p)
 
+    from . import cli_engine
+
+    cli_engine.add_arguments(sub)
+
     p = sub.add_parser("demo", help="create a sample dataset, make its torrent, verify it")
     p.add_argument("--dir", help="work here instead of a temporary directory")
     p.add_argument("--size", type=_size, default=64 << 20, help="sample payload size in bytes (default 64 MiB)")
 
     args = parser.parse_args(argv)
-    handler = {"create": _create, "info": _info, "verify": verify_mod.run, "demo": _demo}[args.command]
+    handler = {
+        "create": _create,
+        "info": _info,
+        "verify": verify_mod.run,
+        "download": cli_engine.run_download,
+        "seed": cli_engine.run_seed,
+        "demo": _demo,
+    }[args.command]
     try:
         return verify_mod.guard_pipe(handler, args)
     except PyowtorrentError as exc:

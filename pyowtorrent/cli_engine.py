@@ -1,0 +1,168 @@
+"""``pyowtorrent download`` and ``pyowtorrent seed``: a session on the command line.
+
+Both run one torrent until done (download) or until interrupted (seed, or
+download --seed).  Ctrl-C and SIGTERM shut down cleanly, saving resume data:
+exit 130 after Ctrl-C, 0 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+from .errors import PyowtorrentError
+from .metainfo import load_metainfo
+
+
+def add_arguments(sub: Any) -> None:
+    p = sub.add_parser("download", help="download a torrent into a directory")
+    p.add_argument("torrent")
+    p.add_argument("-o", "--output", default=".", metavar="DIR", help="the directory that will hold the payload")
+    _common(p)
+    p.add_argument("--seed", action="store_true", help="keep seeding after the download, until interrupted")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    p.add_argument("--json", action="store_true", help="print status as JSON lines instead of a progress bar")
+
+    p = sub.add_parser("seed", help="check a payload, then seed it until interrupted")
+    p.add_argument("torrent")
+    p.add_argument("dir", nargs="?", default=".", help="the directory that holds the payload (default: here)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print status as JSON lines")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", type=_peer, help="a peer to connect to")
+    p.add_argument("--port", type=int, default=0, help="listen port (default: any free port)")
+    p.add_argument("--listen", action="append", metavar="ADDR", help="listen address (default: all, IPv4 and IPv6)")
+
+
+def _peer(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    return _run(args, seed_only=False)
+
+
+def run_seed(args: argparse.Namespace) -> int:
+    args.output = args.dir
+    args.seed = True
+    args.timeout = None
+    return _run(args, seed_only=True)
+
+
+def _run(args: argparse.Namespace, seed_only: bool) -> int:
+    meta = load_metainfo(args.torrent)
+    outcome: dict[str, int] = {}
+
+    async def main() -> int:
+        from .session import Session
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        def on_signal(code: int) -> None:
+            outcome.setdefault("signal", code)
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGINT, on_signal, 130)
+        loop.add_signal_handler(signal.SIGTERM, on_signal, 0)
+        listen = args.listen or ["0.0.0.0", "::"]
+        report = _Reporter(args.json, meta.total_length)
+        async with Session(listen=listen, port=args.port) as session:
+            for host, port in session.listen_addresses:
+                report.line({"event": "listening", "host": host, "port": port}, f"listening on {_fmt(host, port)}")
+            torrent = await session.add_torrent(meta, args.output, peers=args.peer)
+            torrent.add_listener(lambda e: report.event(e))
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
+            done_reported = False
+            while not stop.is_set():
+                st = torrent.status()
+                report.status(st)
+                if st.state.value == "error":
+                    report.close()
+                    print(f"error: {st.error}", file=sys.stderr)
+                    return 1
+                if st.progress >= 1.0 and st.state.value == "seeding" and not done_reported:
+                    done_reported = True
+                    report.line({"event": "done", "bytes": st.bytes_total}, f"done: {meta.name} verified on disk")
+                    if not args.seed:
+                        return 0
+                if deadline is not None and time.monotonic() > deadline and not done_reported:
+                    report.close()
+                    print(f"error: not done after {args.timeout:g} s", file=sys.stderr)
+                    return 1
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+            report.close()
+        return outcome.get("signal", 0)
+
+    try:
+        return asyncio.run(main())
+    except PyowtorrentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Reporter:
+    """JSON lines when asked, a progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, as_json: bool, total: int) -> None:
+        self.as_json = as_json
+        self.bar: Any = None
+        self._last = 0
+        if not as_json and sys.stderr.isatty():
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr)
+
+    def line(self, doc: dict[str, Any], text: str) -> None:
+        if self.as_json:
+            print(json.dumps(doc), flush=True)
+        elif self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def event(self, e: Any) -> None:
+        if self.as_json and e.kind in ("piece_failed", "peer_banned", "error", "completed"):
+            print(json.dumps({"event": e.kind, "piece": e.piece, "message": e.message}), flush=True)
+
+    def status(self, st: Any) -> None:
+        if self.as_json:
+            print(
+                json.dumps(
+                    {
+                        "event": "status",
+                        "state": st.state.value,
+                        "progress": round(st.progress, 4),
+                        "pieces": st.pieces_have,
+                        "num_pieces": st.num_pieces,
+                        "peers": st.num_peers,
+                        "download_rate": round(st.download_rate),
+                        "upload_rate": round(st.upload_rate),
+                    }
+                ),
+                flush=True,
+            )
+        elif self.bar is not None:
+            self.bar.update(st.bytes_done - self._last)
+            self._last = st.bytes_done
+            self.bar.set_postfix(peers=st.num_peers, up=f"{st.upload_rate / 1e6:.1f}MB/s", state=st.state.value)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
