@@ -271,7 +271,7 @@ def legal_messages(me: PeerConnection, peer: PeerConnection, started: bool) -> s
     regular: list[st.SearchStrategy[Message]] = [
         st.sampled_from([Choke(), Unchoke(), Interested(), NotInterested()]),
         st.builds(Have, indices),
-        blocks().map(lambda b: Request(*b)).filter(lambda r: r not in me.outstanding_requests),
+        blocks().map(lambda b: Request(*b)),
     ]
     if mine:
         regular.append(st.sampled_from(mine).map(lambda r: Cancel(r.index, r.begin, r.length)))
@@ -810,10 +810,22 @@ def test_we_do_not_send_a_bitfield_we_would_refuse(bits: bytes) -> None:
         connected().send(Bitfield(bits))
 
 
-def test_we_do_not_request_a_block_twice_while_it_is_outstanding() -> None:
-    conn = requesting((0, 0, BLOCK))
+def test_a_block_requested_twice_may_be_answered_twice_and_no_more() -> None:
+    # A driver that timed a request out may send it again: both answers are legal.
+    conn = requesting((0, 0, BLOCK), (0, 0, BLOCK))
+    assert conn.outstanding_requests == {Request(0, 0, BLOCK)}
+    assert len(conn.receive_data(piece_frame(0, 0, b"x" * BLOCK) + block_frame(16, 0, 0, BLOCK))) == 2
+    assert conn.outstanding_requests == frozenset()
+    assert violation(conn, piece_frame(0, 0, b"x" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
+
+
+def test_a_cancel_covers_every_copy_of_a_request() -> None:
+    conn = requesting((0, 0, BLOCK), (0, 0, BLOCK))
+    conn.send(Cancel(0, 0, BLOCK))
+    assert conn.outstanding_requests == frozenset()
+    assert len(conn.receive_data(piece_frame(0, 0, b"x" * BLOCK) * 2)) == 2
     with pytest.raises(LocalProtocolError):
-        conn.send(Request(0, 0, BLOCK))
+        conn.send(Cancel(0, 0, BLOCK))  # nothing left to cancel
 
 
 def test_choke_and_interest_state_follow_the_messages_both_ways() -> None:

@@ -53,7 +53,8 @@ from .messages import (
     encode_message,
 )
 
-__all__ = ["DEFAULT_MAX_BLOCK", "DEFAULT_MAX_EXTENSION_MESSAGE", "PeerConnection"]
+# parse_handshake is re-exported: the accepting side needs it next to PeerConnection.
+__all__ = ["DEFAULT_MAX_BLOCK", "DEFAULT_MAX_EXTENSION_MESSAGE", "PeerConnection", "parse_handshake"]
 
 # BEP 3: "All current implementations use 2^14 (16 kiB), and close
 # connections which request an amount greater than that."
@@ -140,7 +141,9 @@ class PeerConnection:
         self._max_length = 0  # set once the remote's handshake says what it speaks
         self._remote_started = False  # a message other than _BEFORE_FIRST was received
         self._local_started = False  # ... or sent
-        self._requested: set[_BlockKey] = set()
+        # Requests we sent and how many answers each may still get: a
+        # request sent again (say after a timeout) may be answered twice.
+        self._requested: dict[_BlockKey, int] = {}
         self._tolerated: dict[_BlockKey, int] = {}
         self._remote_extensions: dict[str, int] = {}
         self._advertised_ids: set[int] = set()
@@ -224,15 +227,12 @@ class PeerConnection:
             self._check_bitfield(message.bits)
         elif isinstance(message, Request):
             key = self._check_block(message.index, message.begin, message.length)
-            if key in self._requested:
-                raise LocalProtocolError(f"{message} is already outstanding")
-            self._requested.add(key)
+            self._requested[key] = self._requested.get(key, 0) + 1
         elif isinstance(message, Cancel):
             key = self._check_block(message.index, message.begin, message.length)
             if key not in self._requested:
                 raise LocalProtocolError(f"{message} cancels no outstanding request")
-            self._requested.remove(key)
-            self._tolerate(key)
+            self._tolerate(key, self._requested.pop(key))
         elif isinstance(message, (Piece, Reject)):
             length = len(message.block) if isinstance(message, Piece) else message.length
             self._check_block(message.index, message.begin, length)
@@ -408,23 +408,19 @@ class PeerConnection:
         if not self.fast_enabled:
             # BEP 3: a choke drops our requests, but pieces already on the
             # way may still arrive; BEP 6 instead answers each one.
-            for key in self._requested:
-                self._tolerate(key)
+            for key, count in self._requested.items():
+                self._tolerate(key, count)
             self._requested.clear()
         return Choke()
 
     def _on_piece(self, index: int, begin: int, block: bytes) -> Piece:
         key = (index, begin, len(block))
-        if key in self._requested:
-            self._requested.remove(key)
-        elif not self._use_tolerance(key):
+        if not self._answer(key):
             raise RemoteProtocolError(Violation.PIECE_NOT_REQUESTED, f"piece {index} offset {begin} length {len(block)}")
         return Piece(index, begin, block)
 
     def _on_reject(self, key: _BlockKey) -> Reject:
-        if key in self._requested:
-            self._requested.remove(key)
-        elif not self._use_tolerance(key):
+        if not self._answer(key):
             raise RemoteProtocolError(Violation.REJECT_NOT_REQUESTED, "reject of piece {} offset {} length {}".format(*key))
         return Reject(*key)
 
@@ -446,20 +442,22 @@ class PeerConnection:
 
     # -- shared checks ------------------------------------------------------
 
-    def _tolerate(self, key: _BlockKey) -> None:
-        self._tolerated[key] = self._tolerated.pop(key, 0) + 1
+    def _tolerate(self, key: _BlockKey, times: int) -> None:
+        self._tolerated[key] = self._tolerated.pop(key, 0) + times
         if len(self._tolerated) > _MAX_TOLERATED:
             del self._tolerated[next(iter(self._tolerated))]
 
-    def _use_tolerance(self, key: _BlockKey) -> bool:
-        count = self._tolerated.get(key)
-        if count is None:
-            return False
-        if count == 1:
-            del self._tolerated[key]
-        else:
-            self._tolerated[key] = count - 1
-        return True
+    def _answer(self, key: _BlockKey) -> bool:
+        """Count a piece or reject against our requests; False if none expected it."""
+        for expected in (self._requested, self._tolerated):
+            count = expected.get(key)
+            if count is not None:
+                if count == 1:
+                    del expected[key]
+                else:
+                    expected[key] = count - 1
+                return True
+        return False
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.num_pieces:
