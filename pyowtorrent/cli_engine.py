@@ -39,6 +39,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", type=_peer, help="a peer to connect to")
     p.add_argument("--port", type=int, default=0, help="listen port (default: any free port)")
     p.add_argument("--listen", action="append", metavar="ADDR", help="listen address (default: all, IPv4 and IPv6)")
+    p.add_argument("--upload-limit", type=int, default=0, metavar="BYTES", help="upload cap in bytes/s (0: none)")
 
 
 def _peer(text: str) -> tuple[str, int]:
@@ -76,7 +77,7 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
         loop.add_signal_handler(signal.SIGTERM, on_signal, 0)
         listen = args.listen or ["0.0.0.0", "::"]
         report = _Reporter(args.json, meta.total_length)
-        async with Session(listen=listen, port=args.port) as session:
+        async with Session(listen=listen, port=args.port, upload_rate_limit=args.upload_limit) as session:
             for host, port in session.listen_addresses:
                 report.line({"event": "listening", "host": host, "port": port}, f"listening on {_fmt(host, port)}")
             torrent = await session.add_torrent(meta, args.output, peers=args.peer)

@@ -336,6 +336,7 @@ class Peer:
                 batch.append(self.incoming_requests.popleft())
             first = batch[0]
             total = sum(r.length for r in batch)
+            await self.torrent.session.upload_limiter.take(total)
             data = await loop.run_in_executor(
                 self.torrent.session.executor, storage.read_block, first.index, first.begin, total
             )

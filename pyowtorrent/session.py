@@ -21,6 +21,28 @@ log = logging.getLogger(__name__)
 __all__ = ["Session"]
 
 
+class RateLimiter:
+    """A token bucket shared by every peer of the session; 0 bytes/s means no limit."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._stamp = 0.0
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens >= min(n, self.rate):
+                self._tokens -= n
+                return
+            await asyncio.sleep((min(n, self.rate) - self._tokens) / self.rate)
+
+
 def make_peer_id() -> bytes:
     """BEP 20 Azureus-style: client 'PY' (unused by other clients we know of), version, random tail."""
     major, minor, patch = (__version__.split(".") + ["0", "0"])[:3]
@@ -34,7 +56,8 @@ class Session:
     ``listen``: addresses to accept peers on (``"0.0.0.0"``, ``"::"``,
     ``"127.0.0.1"``…), or ``None`` to accept none; ``port`` 0 picks a free one.
     Resume data goes to ``resume_dir`` (default: ``.pyowtorrent`` in each
-    torrent's save directory).
+    torrent's save directory).  ``upload_rate_limit`` caps what all torrents
+    send, in bytes per second (0: no cap).
     """
 
     def __init__(
@@ -48,6 +71,9 @@ class Session:
         max_connections_per_torrent: int = 50,
         resume_dir: str | os.PathLike[str] | None = None,
         disk_threads: int | None = None,
+        upload_rate_limit: int = 0,
+        request_timeout: float = 20.0,
+        reconnect_delay: float = 5.0,
     ) -> None:
         self.listen = [listen] if isinstance(listen, str) else list(listen or [])
         self.port = port
@@ -59,6 +85,11 @@ class Session:
         self.max_connections_per_torrent = max_connections_per_torrent
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
         self.client_name = f"pyowtorrent {__version__}"
+        # Requests unanswered this long go to other peers and the peer counts as snubbed.
+        self.request_timeout = request_timeout
+        # A peer that dropped or refused us is tried again after this long.
+        self.reconnect_delay = reconnect_delay
+        self.upload_limiter = RateLimiter(upload_rate_limit)
         self.executor = ThreadPoolExecutor(max_workers=disk_threads or min(8, (os.cpu_count() or 1) + 2))
         self.torrents: dict[bytes, Torrent] = {}
         self._servers: list[asyncio.AbstractServer] = []

@@ -27,12 +27,10 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
-REQUEST_TIMEOUT = 20.0
 KEEPALIVE_INTERVAL = 90.0
 IDLE_TIMEOUT = 180.0
 RECHOKE_INTERVAL = 10.0
 RESUME_SAVE_INTERVAL = 30.0
-RECONNECT_DELAY = 5.0
 # A peer proven to have sent a bad block (smart ban), or that was the only
 # source of this many pieces that failed their hash, is banned.
 MAX_SOLE_HASH_FAILURES = 2
@@ -62,7 +60,7 @@ class TorrentStatus:
     num_pieces: int
     eta: float | None  # seconds
     error: str | None = None
-    checked_pieces: int = 0
+    checked_bytes: int = 0  # hashed by the last check (0: resume data vouched for everything)
 
 
 @dataclass(frozen=True)
@@ -111,6 +109,9 @@ class Torrent:
         self._sole_failures: dict[str, int] = {}
         self._listeners: list[Callable[[TorrentEvent], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Hash-and-write jobs run to the end even through a pause: cancelling
+        # one would leave its piece neither had nor wanted.
+        self._piece_jobs: set[asyncio.Task[Any]] = set()
         self._done = asyncio.Event()
         self._resume_dirty = False
         self._checked = 0
@@ -161,9 +162,9 @@ class Torrent:
         except StorageError as exc:
             self._fail(str(exc))
             return
+        self._enter_trading_state()
         self._resume_dirty = True
         self._save_resume()
-        self._enter_trading_state()
         self._spawn(self._tick(), "tick")
 
     def _check(self) -> bytearray:
@@ -205,6 +206,8 @@ class Torrent:
         """Disconnect everything and save resume data (the session calls this on close)."""
         self._stop_tasks()
         self._disconnect_all("shutting down")
+        if self._piece_jobs:
+            await asyncio.wait(list(self._piece_jobs))  # pieces being written are kept
         await asyncio.sleep(0)  # let the peers' close callbacks run
         self._save_resume()
         self.storage.close()
@@ -310,7 +313,7 @@ class Torrent:
             num_pieces=self.meta.num_pieces,
             eta=eta,
             error=self.error,
-            checked_pieces=self._checked // max(1, self.meta.piece_length),
+            checked_bytes=self._checked,
         )
 
     def _upload_rate(self) -> float:
@@ -355,7 +358,7 @@ class Torrent:
             return
         except (OSError, asyncio.TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
             log.debug("%s: connecting to %s failed: %s", self.meta.name, addr, exc)
-            self.known_peers[addr] = time.monotonic() + RECONNECT_DELAY
+            self.known_peers[addr] = time.monotonic() + self.session.reconnect_delay
             if writer is not None:
                 writer.close()
         self._connecting -= 1
@@ -424,7 +427,7 @@ class Torrent:
         elif any(peer.have):
             self.picker.peer_lost(peer.have)
         if peer.outgoing:
-            self.known_peers[peer.address] = time.monotonic() + RECONNECT_DELAY
+            self.known_peers[peer.address] = time.monotonic() + self.session.reconnect_delay
         self._emit(TorrentEvent("peer_disconnected", peer=peer.address, message=peer.close_reason))
         if not peer.am_choking:
             self._rechoke()
@@ -507,7 +510,10 @@ class Torrent:
             if isinstance(other, Peer):
                 other.cancel(block)
         if complete:
-            self._spawn(self._finish_piece(index), f"piece {index}")
+            job = asyncio.create_task(self._finish_piece(index), name=f"piece {index}")
+            self._piece_jobs.add(job)
+            job.add_done_callback(self._piece_jobs.discard)
+            job.add_done_callback(self._task_done)
 
     async def _finish_piece(self, index: int) -> None:
         buf = self._buffers.pop(index)
@@ -590,7 +596,7 @@ class Torrent:
         while True:
             now = time.monotonic()
             for p in list(self.peers.values()):
-                p.check_timeouts(now, REQUEST_TIMEOUT)
+                p.check_timeouts(now, self.session.request_timeout)
                 if now - p.last_sent > KEEPALIVE_INTERVAL:
                     p.send(ev.KeepAlive())
                 if now - p.last_received > IDLE_TIMEOUT:
