@@ -1,0 +1,125 @@
+"""``pyowtorrent download`` and ``seed`` as processes: exit codes, signals, and a kill -9 mid-download."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .conftest import REPO
+from .engine_util import make_torrent, same_tree
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyowtorrent", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], want: Callable[[dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
+    """Read the process's JSON lines until one satisfies ``want``; fail on EOF or after ``timeout``."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise AssertionError("timed out waiting for the process to report")
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"process ended (rc={proc.wait()}): {proc.stderr.read() if proc.stderr else ''}")
+            doc = json.loads(line)
+            if want(doc):
+                return doc
+    finally:
+        sel.close()
+
+
+def seeder(torrent: Path, directory: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    proc = start("seed", str(torrent), str(directory), "--listen", "127.0.0.1", "--json", *extra)
+    first = read_until(proc, lambda d: True)
+    assert first["event"] == "listening"  # the listen address comes first
+    return proc, first["port"]
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_download_exits_0_once_verified_and_seed_stops_cleanly_on_signals(tmp_path: Path) -> None:
+    meta, seed_dir = make_torrent(tmp_path, {"a.bin": 500_000, "b/c.txt": 1234})
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    seed, port = seeder(torrent, seed_dir)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "pyowtorrent", "download", str(torrent), "-o", str(tmp_path / "out"),
+             "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1", "--timeout", "60"],
+            capture_output=True, text=True, env=ENV, timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "done: ds verified on disk" in r.stdout
+        assert same_tree(seed_dir / "ds", tmp_path / "out" / "ds")
+    finally:
+        assert stop(seed, signal.SIGTERM) == 0  # SIGTERM: clean shutdown, exit 0
+    assert (seed_dir / ".pyowtorrent" / f"{meta.info_hash.hex()}.resume.json").is_file()
+    seed, port = seeder(torrent, seed_dir)
+    assert stop(seed, signal.SIGINT) == 130  # Ctrl-C: exit 130
+
+
+def test_download_with_no_peer_times_out_with_exit_1(tmp_path: Path) -> None:
+    meta, _ = make_torrent(tmp_path, {"a.bin": 1000})
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    r = subprocess.run(
+        [sys.executable, "-m", "pyowtorrent", "download", str(torrent), "-o", str(tmp_path / "out"),
+         "--listen", "127.0.0.1", "--timeout", "1"],
+        capture_output=True, text=True, env=ENV, timeout=60,
+    )
+    assert r.returncode == 1 and "not done after 1 s" in r.stderr
+
+
+def test_kill_9_mid_download_loses_at_most_the_pieces_in_flight(tmp_path: Path) -> None:
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 6_000_000}, piece_length=65536)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    out = tmp_path / "out"
+    # Slow enough (2 MB/s) that the kill falls in the middle.
+    seed, port = seeder(torrent, seed_dir, "--upload-limit", "2000000")
+    args = ["download", str(torrent), "-o", str(out), "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1", "--json"]
+    try:
+        leech = start(*args)
+        status = read_until(leech, lambda d: d["event"] == "status" and d["pieces"] >= 25)
+        leech.kill()  # SIGKILL: no clean-up of any kind
+        leech.wait(timeout=30)
+        verified_before_kill = status["pieces"]
+        assert verified_before_kill < meta.num_pieces
+
+        leech = start(*args)
+        first = read_until(leech, lambda d: d["event"] == "status")
+        assert first["pieces"] >= verified_before_kill  # every piece reported verified survived
+        read_until(leech, lambda d: d["event"] == "done")
+        assert leech.wait(timeout=30) == 0
+    finally:
+        stop(seed)
+    assert same_tree(seed_dir / "ds", out / "ds")
