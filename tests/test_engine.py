@@ -292,3 +292,43 @@ def test_pause_resume_remove(tmp_path: Path) -> None:
             assert not (tmp_path / "leech" / "ds" / "data.bin").exists()
 
     asyncio.run(main())
+
+
+def test_file_priority_zero_is_not_downloaded(tmp_path: Path) -> None:
+    sizes = {"wanted.bin": 200_000, "skipped.bin": 300_000, "z_wanted.txt": 5}
+    meta, seed_dir = make_torrent(tmp_path, sizes, piece_length=16384)
+    names = [f.path[-1] for f in meta.files]
+    priorities = [0 if n == "skipped.bin" else 1 for n in names]
+
+    async def main() -> None:
+        async with lo_session() as s1, lo_session() as s2:
+            await s1.add_torrent(meta, seed_dir)
+            t = await s2.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.1", s1.listen_port)], file_priorities=priorities)
+            await t.wait_done(timeout=30)
+            skipped = meta.files[names.index("skipped.bin")]
+            shared = {i for i in meta.layout.pieces_of_file(names.index("skipped.bin"))} & (
+                set(meta.layout.pieces_of_file(names.index("wanted.bin")))
+                | set(meta.layout.pieces_of_file(names.index("z_wanted.txt")))
+            )
+            inner = set(meta.layout.pieces_of_file(names.index("skipped.bin"))) - shared
+            assert inner and not any(t.have_piece(i) for i in inner)
+            st = t.status()
+            assert st.progress == 1.0 and st.pieces_have < meta.num_pieces and skipped.length > 0
+
+    asyncio.run(main())
+    for n in ("wanted.bin", "z_wanted.txt"):
+        assert (tmp_path / "leech" / "ds" / n).read_bytes() == (seed_dir / "ds" / n).read_bytes()
+
+
+def test_download_over_ipv6_loopback(tmp_path: Path) -> None:
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 300_000})
+
+    async def main() -> None:
+        async with lo_session("::1") as s1, lo_session("::1") as s2:
+            await s1.add_torrent(meta, seed_dir)
+            t = await s2.add_torrent(meta, tmp_path / "leech", peers=[("::1", s1.listen_port)])
+            await t.wait_done(timeout=30)
+            assert all(":" in addr[0] for addr in t.peers)
+
+    asyncio.run(main())
+    assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")

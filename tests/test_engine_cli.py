@@ -123,3 +123,31 @@ def test_kill_9_mid_download_loses_at_most_the_pieces_in_flight(tmp_path: Path) 
     finally:
         stop(seed)
     assert same_tree(seed_dir / "ds", out / "ds")
+
+
+def test_disk_full_is_a_clear_error_and_no_piece_is_reported_done_beyond_it(tmp_path: Path) -> None:
+    import resource
+
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 3_000_000}, piece_length=65536)
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    seed, port = seeder(torrent, seed_dir)
+
+    def small_disk() -> None:
+        # The kernel refuses writes past 1 MB in this process (EFBIG), as a full disk would.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "pyowtorrent", "download", str(torrent), "-o", str(tmp_path / "out"),
+             "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1", "--timeout", "60", "--json"],
+            capture_output=True, text=True, env=ENV, timeout=120, preexec_fn=small_disk,
+        )
+    finally:
+        stop(seed)
+    assert r.returncode == 1
+    assert "cannot save piece" in r.stderr and "Traceback" not in r.stderr
+    statuses = [json.loads(line) for line in r.stdout.splitlines() if '"status"' in line]
+    assert statuses and statuses[-1]["state"] == "error"
+    assert statuses[-1]["pieces"] * 65536 <= 1_000_000  # nothing past the failure counted as had
