@@ -349,4 +349,5 @@ class Peer:
                 pos += r.length
                 self.uploaded.add(r.length)
                 self.torrent.uploaded_bytes += r.length
+                self.torrent.upload_meter.add(r.length)
             await self.writer.drain()

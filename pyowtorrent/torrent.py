@@ -101,8 +101,7 @@ class Torrent:
         self.uploaded_bytes = 0
         self.downloaded_bytes = 0
         self.download_meter = RateMeter()
-        self.upload_meter_last = 0
-        self._upload_meter = RateMeter()
+        self.upload_meter = RateMeter()
         self._buffers: dict[int, bytearray] = {}
         self._contributors: dict[int, dict[int, str]] = {}  # piece -> block offset -> ip
         self._failed_blocks: dict[int, list[tuple[int, bytes, str]]] = {}  # smart ban evidence
@@ -113,6 +112,7 @@ class Torrent:
         # one would leave its piece neither had nor wanted.
         self._piece_jobs: set[asyncio.Task[Any]] = set()
         self._done = asyncio.Event()
+        self._errored = asyncio.Event()
         self._resume_dirty = False
         self._checked = 0
         self._next_rechoke = 0.0
@@ -229,7 +229,7 @@ class Torrent:
     async def wait_done(self, timeout: float | None = None) -> None:
         """Wait until every wanted piece is verified on disk; raise if the torrent fails first."""
         waiter = asyncio.ensure_future(self._done.wait())
-        failed = asyncio.ensure_future(self._error_event().wait())
+        failed = asyncio.ensure_future(self._errored.wait())
         try:
             done, _ = await asyncio.wait({waiter, failed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -240,20 +240,13 @@ class Torrent:
         if not self._done.is_set():
             raise TimeoutError(f"{self.meta.name}: not done after {timeout} s")
 
-    def _error_event(self) -> asyncio.Event:
-        if not hasattr(self, "_errored"):
-            self._errored = asyncio.Event()
-            if self.state is TorrentState.ERROR:
-                self._errored.set()
-        return self._errored
-
     def _fail(self, message: str) -> None:
         log.error("%s: %s", self.meta.name, message)
         self.error = message
         self._stop_tasks()
         self._disconnect_all("torrent error")
         self._set_state(TorrentState.ERROR)
-        self._error_event().set()
+        self._errored.set()
         self._emit(TorrentEvent("error", message=message))
 
     def _set_state(self, state: TorrentState) -> None:
@@ -297,7 +290,7 @@ class Torrent:
                 if self.picker.has(i):
                     done += size
         down = self.download_meter.rate()
-        up = self._upload_rate()
+        up = self.upload_meter.rate()
         eta = None if self._done.is_set() else ((wanted_total - done) / down if down > 0 else None)
         return TorrentStatus(
             state=self.state,
@@ -315,12 +308,6 @@ class Torrent:
             error=self.error,
             checked_bytes=self._checked,
         )
-
-    def _upload_rate(self) -> float:
-        delta = self.uploaded_bytes - self.upload_meter_last
-        self.upload_meter_last = self.uploaded_bytes
-        self._upload_meter.add(delta)
-        return self._upload_meter.rate()
 
     # -- peers ---------------------------------------------------------------------
 
