@@ -199,4 +199,5 @@ class Session:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-        self.executor.shutdown(wait=True)
+        # Waiting for the disk workers must not block the event loop.
+        await asyncio.to_thread(self.executor.shutdown, True)
