@@ -27,6 +27,7 @@ MAX_DEPTH = 100
 # libtorrent's limit, which bounds the memory a small hostile input can make
 # us allocate (a list of a million empty lists is two megabytes of bencoding).
 MAX_TOKENS = 3_000_000
+MAX_INT_DIGITS = 20
 
 
 class _BudgetExceeded(Exception):
@@ -42,20 +43,24 @@ class _Decoder(BencodeDecoder):  # type: ignore[misc]
     """
 
     def __init__(self, max_tokens: int = MAX_TOKENS) -> None:
-        super().__init__(encoding=None, max_depth=MAX_DEPTH)
+        # The package counts the top level as depth 0 and fails past
+        # max_depth; this refuses MAX_DEPTH nested containers, as libtorrent does.
+        super().__init__(encoding=None, max_depth=MAX_DEPTH - 2)
         self.budget = max_tokens
 
-    def _spend(self) -> None:
-        self.budget -= 1
+    def _spend(self, n: int = 1) -> None:
+        self.budget -= n
         if self.budget < 0:
             raise _BudgetExceeded
 
     def decode_int(self, x: bytes, f: int, **kw: Any) -> Any:
         self._spend()
-        # int() alone would also take " 1", "+1" and "1_0".
+        # int() alone would also take " 1", "+1" and "1_0"; libtorrent refuses
+        # integers of more than 20 digits ("integer overflow").
         end = x.index(b"e", f + 1)
         digits = x[f + 1 : end]
-        if not (digits.isdigit() or (digits[:1] == b"-" and digits[1:].isdigit())):
+        magnitude = digits[1:] if digits[:1] == b"-" else digits
+        if not magnitude.isdigit() or len(magnitude) > MAX_INT_DIGITS:
             raise ValueError("not an integer")
         return super().decode_int(x, f, **kw)
 
@@ -66,12 +71,24 @@ class _Decoder(BencodeDecoder):  # type: ignore[misc]
         return super().decode_string(x, f, kind=kind, **kw)
 
     def decode_list(self, x: bytes, f: int, **kw: Any) -> Any:
-        self._spend()
+        self._spend(2)  # a start and an end token, as libtorrent counts them
         return super().decode_list(x, f, **kw)
 
     def decode_dict(self, x: bytes, f: int, **kw: Any) -> Any:
-        self._spend()
-        return super().decode_dict(x, f, **kw)
+        # The package's loop, except that a repeated key keeps its FIRST value:
+        # libtorrent reads dictionaries that way, and two readers of one
+        # .torrent must not see two different info dictionaries.
+        self._spend(2)
+        depth = kw.get("depth", 0)
+        if depth > self.max_depth:
+            raise BencodeDecodeError("exceeded maximum depth")
+        f += 1
+        result: dict[bytes, Any] = {}
+        while x[f : f + 1] != b"e":
+            key, f = self.decode_string(x, f, kind="key")
+            value, f = self.decode_func[x[f : f + 1]](x, f, depth=depth + 1)
+            result.setdefault(key, value)
+        return result, f + 1
 
 
 _encoder = BencodeEncoder()
@@ -106,6 +123,7 @@ def decode_dict_with_spans(data: bytes) -> tuple[dict[bytes, Any], dict[bytes, t
     if data[:1] != b"d":
         raise BencodeError("not a bencoded dictionary")
     decoder = _Decoder()
+    decoder._spend(2)  # the top-level dictionary itself
     result: dict[bytes, Any] = {}
     spans: dict[bytes, tuple[int, int]] = {}
     pos = 1
@@ -125,8 +143,9 @@ def decode_dict_with_spans(data: bytes) -> tuple[dict[bytes, Any], dict[bytes, t
             raise BencodeError(f"invalid dictionary key at offset {pos}") from None
         start = pos
         value, pos = _decode_value(decoder, data, pos, 1)
-        result[key] = value
-        spans[key] = (start, pos)
+        if key not in result:  # the first of repeated keys counts, as in libtorrent
+            result[key] = value
+            spans[key] = (start, pos)
 
 
 def _decode_value(decoder: _Decoder, data: bytes, pos: int, depth: int) -> tuple[Any, int]:

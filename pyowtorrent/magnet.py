@@ -38,7 +38,7 @@ class Magnet:
         parts += ["tr=" + quote(t, safe="") for t in self.trackers]
         parts += ["ws=" + quote(w, safe="") for w in self.web_seeds]
         parts += ["x.pe=" + _format_peer(h, p) for h, p in self.peers]
-        if self.select_only is not None:
+        if self.select_only:
             parts.append("so=" + _format_ranges(self.select_only))
         return "magnet:?" + "&".join(parts)
 
@@ -93,13 +93,23 @@ def parse_magnet(uri: str) -> Magnet:
     )
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+_BASE32 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567abcdefghijklmnopqrstuvwxyz")
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '٣'."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_btih(text: str) -> bytes:
     if len(text) == 40:
-        try:
-            return bytes.fromhex(text)
-        except ValueError:
-            raise MagnetError(f"btih info-hash {text!r} is not 40 hex digits") from None
+        if not set(text) <= _HEX:
+            raise MagnetError(f"btih info-hash {text!r} is not 40 hex digits")
+        return bytes.fromhex(text)
     if len(text) == 32:
+        if not set(text) <= _BASE32:
+            raise MagnetError(f"btih info-hash {text!r} is not 32 base32 characters")
         try:
             return base64.b32decode(text.upper())
         except binascii.Error:
@@ -109,10 +119,9 @@ def _parse_btih(text: str) -> bytes:
 
 def _parse_btmh(text: str) -> bytes:
     # A multihash: 0x12 (sha2-256), 0x20 (32 bytes), then the digest.
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raise MagnetError(f"btmh multihash {text!r} is not hex") from None
+    if not set(text) <= _HEX or len(text) % 2:
+        raise MagnetError(f"btmh multihash {text!r} is not hex")
+    raw = bytes.fromhex(text)
     if len(raw) != 34 or raw[:2] != b"\x12\x20":
         raise MagnetError("btmh multihash must be a 32-byte sha2-256 multihash (1220…)")
     return raw[2:]
@@ -120,7 +129,7 @@ def _parse_btmh(text: str) -> bytes:
 
 def _parse_peer(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not _digits(port_text) or not 0 < int(port_text) < 65536:
         raise MagnetError(f"x.pe peer {text!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -141,7 +150,7 @@ def _parse_ranges(text: str) -> tuple[int, ...]:
     out: set[int] = set()
     for part in text.split(","):
         lo_text, dash, hi_text = part.partition("-")
-        if not lo_text.isdigit() or (dash and not hi_text.isdigit()):
+        if not _digits(lo_text) or (dash and not _digits(hi_text)):
             raise MagnetError(f"so= item {part!r} is not an index or a range N-M")
         lo = int(lo_text)
         hi = int(hi_text) if dash else lo

@@ -128,7 +128,7 @@ def parse_metainfo(data: bytes) -> Metainfo:
     if type(meta_version) is int and meta_version > 2:
         raise MetainfoError(f"unknown 'meta version' {meta_version}")
     v2 = meta_version == 2
-    if b"file tree" in info and not v2:
+    if isinstance(info.get(b"file tree"), dict) and not v2:
         raise MetainfoError("'file tree' without 'meta version' 2")
     if v2 and not _keys_sorted(info):
         raise MetainfoError("invalid bencoding: a v2 info dictionary must have its keys sorted")
@@ -218,9 +218,11 @@ def _check_length(length: Any, what: str) -> int:
 
 
 def _single_file(info: dict[bytes, Any], name: str) -> FileEntry:
-    length = _check_length(info.get(b"length"), "single-file torrent")
     attr = _attr(info)
-    return FileEntry((name,), length, 0, executable="x" in attr, hidden="h" in attr, mtime=_mtime(info))
+    # The same attribute rules as for an entry of 'files' (libtorrent shares them).
+    length = 0 if "l" in attr else _check_length(info.get(b"length"), "single-file torrent")
+    pad = "p" in attr or _LEGACY_PAD_MARK in name
+    return FileEntry((name,), length, 0, pad=pad, executable="x" in attr, hidden="h" in attr, mtime=_mtime(info))
 
 
 def _parse_files(info: dict[bytes, Any], name: str) -> tuple[list[FileEntry], list[tuple[str, ...]]]:
@@ -259,7 +261,7 @@ def _parse_files(info: dict[bytes, Any], name: str) -> tuple[list[FileEntry], li
         if offset > MAX_TOTAL_LENGTH:
             raise MetainfoError(f"total length passes {MAX_TOTAL_LENGTH} bytes at {what}")
     as_named = [e["path"] for e in entries]
-    paths = resolve_duplicates(as_named, [e["pad"] for e in entries])
+    paths = resolve_duplicates(as_named, [e["pad"] for e in entries], [e["length"] for e in entries])
     files = [
         FileEntry(
             p,

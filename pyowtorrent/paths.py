@@ -79,7 +79,7 @@ def _replaced(cp: int, windows: bool) -> bool:
 
 def _sanitize(raw: bytes, force: bool, windows: bool) -> str:
     if not raw:
-        return "_"
+        return "_" if force else ""
     out = bytearray()
     added = dots = 0
     found_extension = False
@@ -141,6 +141,10 @@ def sanitize_name(raw: bytes, info_hash: bytes, *, single_file: bool, windows: b
     A name that sanitises to nothing (``..``, ``/``) becomes the info-hash in
     hex for a multi-file torrent; a single file with no usable name is an error.
     """
+    if not raw:
+        if single_file:
+            raise MetainfoError("'name' is empty: a single-file torrent needs a file name")
+        return "_"  # libtorrent's quirk: an empty directory name becomes '_', not the hash
     name = _sanitize(raw, False, windows)
     if name:
         return name
@@ -162,26 +166,30 @@ def _remove_extension(path: str) -> str:
     return path[:dot]
 
 
-def resolve_duplicates(paths: list[tuple[str, ...]], pads: list[bool]) -> list[tuple[str, ...]]:
+def resolve_duplicates(
+    paths: list[tuple[str, ...]], pads: list[bool], sizes: list[int] | None = None
+) -> list[tuple[str, ...]]:
     """Rename files whose paths clash (ignoring ASCII case), libtorrent-style: ``a.txt`` → ``a.1.txt``.
 
     A file also clashes with a directory of the torrent of the same name.
-    Pad files are never written, so they are left alone.
+    As in libtorrent 2.1, pad files take part (a real file named like an
+    earlier pad file is renamed), except that pad files of the same size may
+    share a path: they are never written.
     """
-    taken: set[bytes] = set()
-    for path, pad in zip(paths, pads):
+    taken: dict[bytes, tuple[bool, int]] = {}  # path -> (is a pad file, its size)
+    for path in paths:
         for k in range(1, len(path)):
-            taken.add("/".join(path[:k]).encode().lower())
+            taken.setdefault("/".join(path[:k]).encode().lower(), (False, -1))
     out = []
     renames = 0
-    for path, pad in zip(paths, pads):
-        if pad:
-            out.append(path)
-            continue
+    for path, pad, size in zip(paths, pads, sizes or [0] * len(paths)):
         full = "/".join(path)
         key = full.encode().lower()
         if key not in taken:
-            taken.add(key)
+            taken[key] = (pad, size)
+            out.append(path)
+            continue
+        if pad and taken[key] == (True, size):
             out.append(path)
             continue
         base, ext = _remove_extension(full), _extension(full)
@@ -195,6 +203,6 @@ def resolve_duplicates(paths: list[tuple[str, ...]], pads: list[bool]) -> list[t
             if renames > MAX_DUPLICATE_RENAMES:
                 raise MetainfoError(f"too many files with the same name as {full!r}")
             count += 1
-        taken.add(key)
+        taken[key] = (pad, size)
         out.append(tuple(candidate.split("/")))
     return out

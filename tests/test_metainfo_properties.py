@@ -341,11 +341,6 @@ def _agree(data: bytes) -> None:
         assert _summary_ours(meta) == _summary_lt(ti)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a v1 torrent whose info dict has a non-dict 'file tree' key is rejected "
-    "(\"'file tree' without 'meta version' 2\"); libtorrent ignores it (it only refuses a *dict* file tree)",
-)
 @pytest.mark.parametrize("tree", [5, b"x", []], ids=["int", "str", "list"])
 def test_v1_torrent_with_stray_file_tree_key(tree: Any) -> None:
     _agree(_encode({b"info": _info({b"file tree": tree})}))
@@ -355,21 +350,11 @@ def test_v1_torrent_with_dict_file_tree_is_rejected_like_libtorrent() -> None:
     _agree(_encode({b"info": _info({b"file tree": {b"a": {b"": {b"length": 5}}}})}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH: libtorrent applies a single-file torrent's 'attr' (p: pad file, l: symlink of size 0) "
-    "as it does for 'files' entries; ours ignores it",
-)
 @pytest.mark.parametrize("attr", [b"p", b"l"])
 def test_single_file_attr_like_libtorrent(attr: bytes) -> None:
     _agree(_encode({b"info": _info({b"attr": attr})}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH: libtorrent marks a single-file torrent whose name contains '_____padding_file_' "
-    "as a pad file (legacy BitComet rule); ours applies that rule to multi-file torrents only",
-)
 def test_single_file_named_like_a_pad_file() -> None:
     _agree(_encode({b"info": _info({b"name": b"x_____padding_file_y"})}))
 
@@ -403,11 +388,6 @@ def test_integers_outside_int64() -> None:
         parse_metainfo(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH: libtorrent refuses a torrent holding any integer of more than 20 digits "
-    "(bdecode 'integer overflow'), wherever it is; ours loads it when the key is one it ignores",
-)
 @pytest.mark.parametrize("value", [10**20, -(10**20), 10**30])
 def test_huge_integer_anywhere_is_refused_like_libtorrent(value: int) -> None:
     _agree(_encode({b"info": _info(), b"creation date": value}))
@@ -421,11 +401,6 @@ def test_meta_version_is_not_truncated() -> None:
         parse_metainfo(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH: with a repeated key, libtorrent uses the first value and we use the last: "
-    "a repeated 'info' key gives two different info-hashes",
-)
 @pytest.mark.parametrize("which", ["info", "name"])
 def test_repeated_keys_read_like_libtorrent(which: str) -> None:
     one = _encode(_info({b"name": b"one"}))
@@ -437,11 +412,6 @@ def test_repeated_keys_read_like_libtorrent(which: str) -> None:
     _agree(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH: libtorrent's 3,000,000-token limit counts a list or dict as two tokens (start and end); "
-    "ours counts values, so a torrent with 1.5M-3M containers loads here and not in libtorrent",
-)
 def test_token_limit_counts_containers_like_libtorrent() -> None:
     info = _encode(_info())
     data = b"d4:info" + info + b"1:xl" + b"le" * 1_600_000 + b"ee"

@@ -195,11 +195,6 @@ def test_sanitize_element_unit_cases() -> None:
     assert sanitize_element(b"a?b. ", windows=True) == "a_b"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _sanitize() returns '_' for an empty element whatever `force` says; "
-    "the docstring (and symlink targets) want '' when force=False",
-)
 def test_empty_element_without_force_vanishes() -> None:
     assert sanitize_element(b"", force=False) == ""
 
@@ -276,10 +271,6 @@ def test_single_file_torrent_name_like_libtorrent(raw: bytes) -> None:
     _check_paths_against_libtorrent(data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a single-file torrent with name b'' loads as '_'; libtorrent 2.1.1 rejects it ('missing name')",
-)
 @pytest.mark.parametrize("extra", [{}, {b"name.utf-8": b""}], ids=["name", "name.utf-8"])
 def test_single_file_with_empty_name_is_rejected(extra: dict[bytes, bytes]) -> None:
     info = {b"name": b"" if not extra else b"ok", b"piece length": 16384, b"length": 1, b"pieces": _PIECES, **extra}
@@ -399,12 +390,6 @@ def test_pad_files_never_move_real_files_apart_from_libtorrent(files: list[tuple
     assert real_ours == real_theirs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MISMATCH with libtorrent 2.1.1: a pad file with the same path as a real file takes part in "
-    "duplicate renaming there (the real file after it becomes a.1); ours skips pad files "
-    "(as libtorrent's later master does)",
-)
 @pytest.mark.parametrize(
     "paths, pads, real",
     [
