@@ -3,14 +3,19 @@
 Two PeerConnection objects talk to each other in memory; hypothesis writes
 the conversations, splits the byte streams and throws noise at the parser.
 Every strictness rule has its own test naming the Violation it expects.
-Nothing here sleeps or reads a clock.
+Last, libtorrent (a test-only dependency) downloads from us and seeds to us
+over loopback.  Nothing sleeps; clocks only bound how long a hang may last.
 """
 
 from __future__ import annotations
 
 import random
+import socket
 import struct
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -970,3 +975,146 @@ def test_we_do_not_send_an_extension_message_over_the_limit_or_an_unbencodable_h
 def test_only_wire_messages_can_be_sent() -> None:
     with pytest.raises(LocalProtocolError):
         connected().send("choke")  # type: ignore[arg-type]
+
+
+# --- a real peer: libtorrent over loopback ---------------------------------------------
+
+LT_PIECE = 2 * BLOCK
+LT_PAYLOAD = 3 * LT_PIECE + 1696  # four pieces, the last not a whole block
+SOCKET_TIMEOUT = 20.0  # only turns a hang into a failure
+
+
+@dataclass
+class LtSwarm:
+    lt: Any
+    session: Any
+    info: Any
+    payload: bytes
+    save_path: Path
+
+
+@pytest.fixture
+def lt_swarm(tmp_path: Path) -> Iterator[LtSwarm]:
+    """A libtorrent session on loopback (no encryption, no uTP) and a torrent it made."""
+    lt = pytest.importorskip("libtorrent")
+    payload = random_bytes(7, LT_PAYLOAD)
+    seed_dir = tmp_path / "seed"
+    seed_dir.mkdir()
+    (seed_dir / "data.bin").write_bytes(payload)
+    ct = lt.create_torrent(lt.list_files(str(seed_dir / "data.bin")), LT_PIECE, lt.create_torrent.v1_only)
+    lt.set_piece_hashes(ct, str(seed_dir))
+    info = lt.torrent_info(lt.bencode(ct.generate()))
+    session = lt.session(
+        {
+            "listen_interfaces": "127.0.0.1:0",
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            # Plain TCP: MSE would hide the handshake and uTP attempts delay the connection.
+            "out_enc_policy": int(lt.enc_policy.disabled),
+            "in_enc_policy": int(lt.enc_policy.disabled),
+            "enable_outgoing_utp": False,
+            "enable_incoming_utp": False,
+            "alert_mask": lt.alert_category.status | lt.alert_category.error,
+        }
+    )
+    try:
+        yield LtSwarm(lt, session, info, payload, seed_dir)
+    finally:
+        for handle in session.get_torrents():
+            session.remove_torrent(handle)
+
+
+def wait_alerts(swarm: LtSwarm, *kinds: Any) -> None:
+    """Wait until libtorrent has posted an alert of each kind."""
+    missing = set(kinds)
+    deadline = time.monotonic() + SOCKET_TIMEOUT
+    while missing and time.monotonic() < deadline:
+        swarm.session.wait_for_alert(200)
+        for alert in swarm.session.pop_alerts():
+            missing -= {k for k in missing if isinstance(alert, k)}
+    assert not missing, f"libtorrent did not post {[k.__name__ for k in missing]}"
+
+
+def pump(sock: socket.socket, conn: PeerConnection) -> list[Event] | None:
+    """The events of the next bytes from ``sock``; None once the peer closed it."""
+    data = sock.recv(1 << 16)
+    return conn.receive_data(data) if data else None
+
+
+def pump_open(sock: socket.socket, conn: PeerConnection) -> list[Event]:
+    events = pump(sock, conn)
+    assert events is not None, "libtorrent closed the connection"
+    return events
+
+
+def test_we_download_every_block_from_a_libtorrent_seed(lt_swarm: LtSwarm) -> None:
+    lt, info = lt_swarm.lt, lt_swarm.info
+    atp = lt.add_torrent_params()
+    atp.ti = info
+    atp.save_path = str(lt_swarm.save_path)
+    lt_swarm.session.add_torrent(atp)
+    # A connection that arrives before the torrent is checked would be refused.
+    wait_alerts(lt_swarm, lt.listen_succeeded_alert, lt.torrent_checked_alert)
+    conn = PeerConnection(info.info_hashes().v1.to_bytes(), LOCAL_ID, info.num_pieces(), LT_PIECE, LT_PAYLOAD)
+    with socket.create_connection(("127.0.0.1", lt_swarm.session.listen_port()), timeout=SOCKET_TIMEOUT) as sock:
+        sock.sendall(conn.handshake_bytes())
+        seen: list[Event] = []
+        while not (conn.handshake_done and any(isinstance(e, (HaveAll, Bitfield)) for e in seen)):
+            seen += pump_open(sock, conn)
+        assert conn.fast_enabled and conn.extension_protocol_enabled
+        assert "ut_metadata" in conn.remote_extensions
+        sock.sendall(conn.send(HaveNone()) + conn.send(ExtensionHandshake(v="pyowtorrent-test")) + conn.send(Interested()))
+        while conn.peer_choking:
+            seen += pump_open(sock, conn)
+        wanted = [
+            Request(i, begin, min(BLOCK, size - begin))
+            for i in range(info.num_pieces())
+            for size in [min(LT_PIECE, LT_PAYLOAD - i * LT_PIECE)]
+            for begin in range(0, size, BLOCK)
+        ]
+        sock.sendall(b"".join(conn.send(r) for r in wanted))
+        got: dict[tuple[int, int], bytes] = {}
+        while conn.outstanding_requests:
+            for e in pump_open(sock, conn):
+                assert not isinstance(e, Reject)
+                if isinstance(e, Piece):
+                    got[e.index, e.begin] = e.block
+    assert b"".join(got[r.index, r.begin] for r in wanted) == lt_swarm.payload
+
+
+def test_libtorrent_downloads_the_whole_torrent_from_us(lt_swarm: LtSwarm) -> None:
+    lt, info, payload = lt_swarm.lt, lt_swarm.info, lt_swarm.payload
+    atp = lt.add_torrent_params()
+    atp.ti = info
+    atp.save_path = str(lt_swarm.save_path.parent / "leech")
+    handle = lt_swarm.session.add_torrent(atp)
+    wait_alerts(lt_swarm, lt.torrent_checked_alert)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(SOCKET_TIMEOUT)
+        handle.connect_peer(server.getsockname())
+        sock, _ = server.accept()
+    with sock:
+        sock.settimeout(SOCKET_TIMEOUT)
+        # The accepting side: read the remote's handshake, then build the connection.
+        received = b""
+        while (handshake := parse_handshake(received)) is None:
+            received += sock.recv(HANDSHAKE_LENGTH)
+        conn = PeerConnection(handshake.info_hash, LOCAL_ID, info.num_pieces(), LT_PIECE, LT_PAYLOAD)
+        events: list[Event] | None = conn.receive_data(received)
+        sock.sendall(conn.handshake_bytes() + conn.send(HaveAll()) + conn.send(Unchoke()))
+        served: set[Request] = set()
+        # libtorrent closes the connection once it is a seed too (both ends complete).
+        while events is not None:
+            for e in events:
+                if isinstance(e, Request):
+                    start = e.index * LT_PIECE + e.begin
+                    sock.sendall(conn.send(Piece(e.index, e.begin, payload[start : start + e.length])))
+                    served.add(e)
+            events = pump(sock, conn)
+    # libtorrent has checked every piece we served against the torrent's SHA-1s.
+    wait_alerts(lt_swarm, lt.torrent_finished_alert)
+    status = handle.status()
+    assert all(status.pieces) and status.is_seeding
+    assert sum(r.length for r in served) == LT_PAYLOAD
