@@ -361,7 +361,8 @@ def replay_events(side: Side, conn: PeerConnection, data: st.DataObject) -> list
 @pytest.mark.parametrize("message", [Bitfield(bitfield_bytes([True] * NUM_PIECES)), HaveAll(), HaveNone()])
 def test_send_piece_state_first_then_anything(message: Message) -> None:
     a, b = pair()
-    assert b.receive_data(a.send(message) + a.send(Unchoke()) + a.send(AllowedFast(3))) == [message, Unchoke(), AllowedFast(3)]
+    wire = a.send(message) + a.send(Unchoke()) + a.send(AllowedFast(3))
+    assert b.receive_data(wire) == [message, Unchoke(), AllowedFast(3)]
 
 
 def test_a_piece_is_encoded_with_its_header_and_block_in_one_message() -> None:
@@ -523,7 +524,9 @@ def test_a_bitfield_with_spare_bits_set_is_refused(spare: int) -> None:
 
 
 @pytest.mark.parametrize("first", [frame(5, b"\0\0"), frame(14), frame(15)])
-@pytest.mark.parametrize("before", [frame(1), frame(2), frame(4, struct.pack(">I", 0)), frame(17, struct.pack(">I", 0)), frame(15)])
+@pytest.mark.parametrize(
+    "before", [frame(1), frame(2), frame(4, struct.pack(">I", 0)), frame(17, struct.pack(">I", 0)), frame(15)]
+)
 def test_bitfield_have_all_and_have_none_are_legal_only_as_the_first_message(first: bytes, before: bytes) -> None:
     assert violation(connected(), before + first) is Violation.NOT_FIRST_MESSAGE
 
@@ -575,7 +578,9 @@ def test_request_cancel_and_reject_outside_the_torrent_are_refused(
     assert violation(connected(), block_frame(msg_id, *block)) is reason
 
 
-@pytest.mark.parametrize("block", [(0, 0, BLOCK), (0, PIECE_LENGTH - 1, 1), (NUM_PIECES - 1, LAST_PIECE - 8, 8), (3, 100, BLOCK)])
+@pytest.mark.parametrize(
+    "block", [(0, 0, BLOCK), (0, PIECE_LENGTH - 1, 1), (NUM_PIECES - 1, LAST_PIECE - 8, 8), (3, 100, BLOCK)]
+)
 def test_requests_and_cancels_inside_the_torrent_are_events(block: tuple[int, int, int]) -> None:
     conn = connected()
     assert conn.receive_data(block_frame(6, *block) + block_frame(8, *block)) == [Request(*block), Cancel(*block)]
@@ -665,12 +670,20 @@ def test_a_reject_for_a_request_we_never_sent_is_refused() -> None:
 
 # --- negotiation: fast extension and extension protocol ------------------------------------
 
-FAST_FRAMES = [frame(13, struct.pack(">I", 1)), frame(14), frame(15), block_frame(16, 0, 0, BLOCK), frame(17, struct.pack(">I", 1))]
+FAST_FRAMES = [
+    frame(13, struct.pack(">I", 1)),
+    frame(14),
+    frame(15),
+    block_frame(16, 0, 0, BLOCK),
+    frame(17, struct.pack(">I", 1)),
+]
 
 
 @pytest.mark.parametrize("ours,theirs", [(True, False), (False, True), (False, False)])
 @pytest.mark.parametrize("wire", FAST_FRAMES)
-def test_fast_extension_messages_are_refused_unless_both_sides_advertised_it(ours: bool, theirs: bool, wire: bytes) -> None:
+def test_fast_extension_messages_are_refused_unless_both_sides_advertised_it(
+    ours: bool, theirs: bool, wire: bytes
+) -> None:
     conn = connected(fast=ours, remote_fast=theirs)
     assert not conn.fast_enabled
     assert violation(conn, wire) is Violation.FAST_NOT_NEGOTIATED
@@ -1065,7 +1078,8 @@ def test_we_download_every_block_from_a_libtorrent_seed(lt_swarm: LtSwarm) -> No
             seen += pump_open(sock, conn)
         assert conn.fast_enabled and conn.extension_protocol_enabled
         assert "ut_metadata" in conn.remote_extensions
-        sock.sendall(conn.send(HaveNone()) + conn.send(ExtensionHandshake(v="pyowtorrent-test")) + conn.send(Interested()))
+        opening = (HaveNone(), ExtensionHandshake(v="pyowtorrent-test"), Interested())
+        sock.sendall(b"".join(conn.send(m) for m in opening))
         while conn.peer_choking:
             seen += pump_open(sock, conn)
         wanted = [

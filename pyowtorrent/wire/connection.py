@@ -14,7 +14,7 @@ bug of ours shows up here and not as a peer hanging up on us.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from ._buffer import ByteQueue
@@ -73,8 +73,15 @@ _BLOCK_BODY = struct.Struct(">xIII")  # id, index, begin, length
 _PIECE_HEAD = struct.Struct(">xII")  # id, index, begin
 _PORT_BODY = struct.Struct(">xH")
 
-_KNOWN_IDS = frozenset(MessageId)
+# Plain ints on the hot path: comparing with an IntEnum member costs an attribute lookup.
+_PIECE, _BITFIELD, _PORT, _EXTENDED = (
+    int(m) for m in (MessageId.PIECE, MessageId.BITFIELD, MessageId.PORT, MessageId.EXTENDED)
+)
+_FIRST_IDS = frozenset(int(i) for i in (MessageId.BITFIELD, MessageId.HAVE_ALL, MessageId.HAVE_NONE))
+# Messages without fields are all alike: one instance each.
 _KEEP_ALIVE = KeepAlive()
+_CHOKE, _UNCHOKE, _INTERESTED, _NOT_INTERESTED = Choke(), Unchoke(), Interested(), NotInterested()
+_HAVE_ALL, _HAVE_NONE = HaveAll(), HaveNone()
 # BEP 6: bitfield, have all and have none only "immediately after the
 # handshake".  Keep-alives and the messages of BEP 5 and 10 do not count:
 # Transmission sends its extension handshake before its bitfield.
@@ -147,6 +154,7 @@ class PeerConnection:
         self._tolerated: dict[_BlockKey, int] = {}
         self._remote_extensions: dict[str, int] = {}
         self._advertised_ids: set[int] = set()
+        self._fixed_lengths: dict[int, int] = {}  # filled in by the remote's handshake
 
     # -- what was negotiated ------------------------------------------------
 
@@ -301,10 +309,7 @@ class PeerConnection:
             if buf.size < length:
                 return
             self._length = None
-            message = self._read_message(length)
-            if not isinstance(message, _BEFORE_FIRST):
-                self._remote_started = True
-            events.append(message)
+            events.append(self._read_message(length))
 
     def _parse_handshake(self, events: list[Event]) -> bool:
         buf = self._buffer
@@ -321,87 +326,62 @@ class PeerConnection:
         self._max_length = max(13, 9 + self.max_block, 1 + self._bitfield_length)
         if self.extension_protocol_enabled:
             self._max_length = max(self._max_length, self.max_extension_message)
+        # The fixed-size messages legal on this connection, and their lengths.
+        self._fixed_lengths = {
+            msg_id: size for msg_id, size in FIXED_LENGTH.items() if self.fast_enabled or msg_id not in FAST_IDS
+        }
         events.append(handshake)
         return True
 
     def _check_header(self, msg_id: int, length: int) -> None:
-        if msg_id not in _KNOWN_IDS:
-            raise RemoteProtocolError(Violation.UNKNOWN_MESSAGE_ID, f"message id {msg_id}")
-        name = MessageId(msg_id).name.lower()
-        if msg_id in FAST_IDS and not self.fast_enabled:
-            raise RemoteProtocolError(Violation.FAST_NOT_NEGOTIATED, f"{name} message")
-        if msg_id == MessageId.EXTENDED and not self.extension_protocol_enabled:
-            raise RemoteProtocolError(Violation.EXTENSION_PROTOCOL_NOT_NEGOTIATED, "extended message")
-        if msg_id in (MessageId.BITFIELD, MessageId.HAVE_ALL, MessageId.HAVE_NONE) and self._remote_started:
-            raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, f"{name} after other messages")
-        fixed = FIXED_LENGTH.get(msg_id)
+        fixed = self._fixed_lengths.get(msg_id)
         if fixed is not None:
+            if msg_id in _FIRST_IDS and self._remote_started:
+                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, f"{_name(msg_id)} after other messages")
             if length != fixed:
-                raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, f"{name} of length {length}, not {fixed}")
-        elif msg_id == MessageId.BITFIELD:
-            if length != 1 + self._bitfield_length:
                 raise RemoteProtocolError(
-                    Violation.BITFIELD_WRONG_LENGTH,
-                    f"{length - 1} bytes for {self.num_pieces} pieces, not {self._bitfield_length}",
+                    Violation.WRONG_MESSAGE_LENGTH, f"{_name(msg_id)} of length {length}, not {fixed}"
                 )
-        elif msg_id == MessageId.PIECE:
+        elif msg_id == _PIECE:
             if length < 9:
                 raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, f"piece of length {length}")
             if length - 9 > self.max_block:
                 raise RemoteProtocolError(
                     Violation.MESSAGE_TOO_LONG, f"a block of {length - 9} bytes, the limit is {self.max_block}"
                 )
-        elif msg_id == MessageId.EXTENDED:
+        elif msg_id == _BITFIELD:
+            if self._remote_started:
+                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, "bitfield after other messages")
+            if length != 1 + self._bitfield_length:
+                raise RemoteProtocolError(
+                    Violation.BITFIELD_WRONG_LENGTH,
+                    f"{length - 1} bytes for {self.num_pieces} pieces, not {self._bitfield_length}",
+                )
+        elif msg_id == _EXTENDED and self.extension_protocol_enabled:
             if length < 2:
                 raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, "extended message without an extended id")
+        elif msg_id in FAST_IDS:
+            raise RemoteProtocolError(Violation.FAST_NOT_NEGOTIATED, f"{_name(msg_id)} message")
+        elif msg_id == _EXTENDED:
+            raise RemoteProtocolError(Violation.EXTENSION_PROTOCOL_NOT_NEGOTIATED, "extended message")
+        else:
+            raise RemoteProtocolError(Violation.UNKNOWN_MESSAGE_ID, f"message id {msg_id}")
 
     def _read_message(self, length: int) -> Message:
         buf = self._buffer
         msg_id = buf.peek_byte()
         # Piece and extended messages are cut in two so that their payload
         # is copied once, straight out of the received chunks.
-        if msg_id == MessageId.PIECE:
+        if msg_id == _PIECE:
+            self._remote_started = True
             index, begin = _PIECE_HEAD.unpack(buf.take(9))
             return self._on_piece(index, begin, buf.take(length - 9))
-        if msg_id == MessageId.EXTENDED:
+        if msg_id == _EXTENDED:
             ext_id = buf.take(2)[1]
             return self._on_extended(ext_id, buf.take(length - 2))
-        body = buf.take(length)
-        if msg_id == MessageId.CHOKE:
-            return self._on_choke()
-        if msg_id == MessageId.UNCHOKE:
-            self.peer_choking = False
-            return Unchoke()
-        if msg_id == MessageId.INTERESTED:
-            self.peer_interested = True
-            return Interested()
-        if msg_id == MessageId.NOT_INTERESTED:
-            self.peer_interested = False
-            return NotInterested()
-        if msg_id in (MessageId.HAVE, MessageId.SUGGEST, MessageId.ALLOWED_FAST):
-            (index,) = _INDEX_BODY.unpack(body)
-            self._check_index(index)
-            if msg_id == MessageId.HAVE:
-                return Have(index)
-            return Suggest(index) if msg_id == MessageId.SUGGEST else AllowedFast(index)
-        if msg_id == MessageId.BITFIELD:
-            bits = body[1:]
-            self._check_bitfield(bits)
-            return Bitfield(bits)
-        if msg_id in (MessageId.REQUEST, MessageId.CANCEL, MessageId.REJECT):
-            key = self._check_block(*_BLOCK_BODY.unpack(body))
-            if msg_id == MessageId.REQUEST:
-                return Request(*key)
-            if msg_id == MessageId.CANCEL:
-                return Cancel(*key)
-            return self._on_reject(key)
-        if msg_id == MessageId.PORT:
-            (port,) = _PORT_BODY.unpack(body)
-            return Port(port)
-        if msg_id == MessageId.HAVE_ALL:
-            return HaveAll()
-        assert msg_id == MessageId.HAVE_NONE, msg_id  # _check_header let nothing else through
-        return HaveNone()
+        if msg_id != _PORT:
+            self._remote_started = True
+        return _READERS[msg_id](self, buf.take(length))
 
     def _on_choke(self) -> Choke:
         self.peer_choking = True
@@ -411,17 +391,22 @@ class PeerConnection:
             for key, count in self._requested.items():
                 self._tolerate(key, count)
             self._requested.clear()
-        return Choke()
+        return _CHOKE
 
     def _on_piece(self, index: int, begin: int, block: bytes) -> Piece:
         key = (index, begin, len(block))
         if not self._answer(key):
-            raise RemoteProtocolError(Violation.PIECE_NOT_REQUESTED, f"piece {index} offset {begin} length {len(block)}")
+            raise RemoteProtocolError(
+                Violation.PIECE_NOT_REQUESTED, f"piece {index} offset {begin} length {len(block)}"
+            )
         return Piece(index, begin, block)
 
     def _on_reject(self, key: _BlockKey) -> Reject:
         if not self._answer(key):
-            raise RemoteProtocolError(Violation.REJECT_NOT_REQUESTED, "reject of piece {} offset {} length {}".format(*key))
+            index, begin, length = key
+            raise RemoteProtocolError(
+                Violation.REJECT_NOT_REQUESTED, f"reject of piece {index} offset {begin} length {length}"
+            )
         return Reject(*key)
 
     def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended:
@@ -466,7 +451,8 @@ class PeerConnection:
     def _check_bitfield(self, bits: bytes) -> None:
         if len(bits) != self._bitfield_length:
             raise RemoteProtocolError(
-                Violation.BITFIELD_WRONG_LENGTH, f"{len(bits)} bytes for {self.num_pieces} pieces, not {self._bitfield_length}"
+                Violation.BITFIELD_WRONG_LENGTH,
+                f"{len(bits)} bytes for {self.num_pieces} pieces, not {self._bitfield_length}",
             )
         spare = self._bitfield_length * 8 - self.num_pieces
         if spare and bits[-1] & ((1 << spare) - 1):
@@ -482,3 +468,60 @@ class PeerConnection:
                 f"bytes {begin}..{begin + length} of piece {index}, which has {self.piece_size(index)}",
             )
         return index, begin, length
+
+
+def _name(msg_id: int) -> str:
+    return MessageId(msg_id).name.lower().replace("_", " ")
+
+
+# Decoders of the messages other than piece and extended, by id: each takes
+# the whole body (id byte first) once its header has passed _check_header.
+_Reader = Callable[[PeerConnection, bytes], Message]
+
+
+def _flag(event: Message, attr: str, value: bool) -> _Reader:
+    def read(conn: PeerConnection, _: bytes) -> Message:
+        setattr(conn, attr, value)
+        return event
+
+    return read
+
+
+def _indexed(kind: Callable[[int], Message]) -> _Reader:
+    def read(conn: PeerConnection, body: bytes) -> Message:
+        (index,) = _INDEX_BODY.unpack(body)
+        conn._check_index(index)
+        return kind(index)
+
+    return read
+
+
+def _block(kind: Callable[[int, int, int], Message]) -> _Reader:
+    def read(conn: PeerConnection, body: bytes) -> Message:
+        return kind(*conn._check_block(*_BLOCK_BODY.unpack(body)))
+
+    return read
+
+
+def _bitfield(conn: PeerConnection, body: bytes) -> Message:
+    bits = body[1:]
+    conn._check_bitfield(bits)
+    return Bitfield(bits)
+
+
+_READERS: dict[int, _Reader] = {
+    MessageId.CHOKE: lambda conn, _: conn._on_choke(),
+    MessageId.UNCHOKE: _flag(_UNCHOKE, "peer_choking", False),
+    MessageId.INTERESTED: _flag(_INTERESTED, "peer_interested", True),
+    MessageId.NOT_INTERESTED: _flag(_NOT_INTERESTED, "peer_interested", False),
+    MessageId.HAVE: _indexed(Have),
+    MessageId.BITFIELD: _bitfield,
+    MessageId.REQUEST: _block(Request),
+    MessageId.CANCEL: _block(Cancel),
+    MessageId.PORT: lambda _, body: Port(*_PORT_BODY.unpack(body)),
+    MessageId.SUGGEST: _indexed(Suggest),
+    MessageId.HAVE_ALL: lambda conn, _: _HAVE_ALL,
+    MessageId.HAVE_NONE: lambda conn, _: _HAVE_NONE,
+    MessageId.REJECT: lambda conn, body: conn._on_reject(conn._check_block(*_BLOCK_BODY.unpack(body))),
+    MessageId.ALLOWED_FAST: _indexed(AllowedFast),
+}

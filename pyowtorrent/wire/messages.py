@@ -68,7 +68,9 @@ class MessageId(enum.IntEnum):
     EXTENDED = 20  # BEP 10
 
 
-FAST_IDS = frozenset({MessageId.SUGGEST, MessageId.HAVE_ALL, MessageId.HAVE_NONE, MessageId.REJECT, MessageId.ALLOWED_FAST})
+FAST_IDS = frozenset(
+    {MessageId.SUGGEST, MessageId.HAVE_ALL, MessageId.HAVE_NONE, MessageId.REJECT, MessageId.ALLOWED_FAST}
+)
 
 # The length prefix (id byte included) of every message whose size is fixed.
 FIXED_LENGTH: dict[int, int] = {
@@ -115,7 +117,11 @@ _BARE: dict[type, bytes] = {
     HaveAll: _bare(MessageId.HAVE_ALL),
     HaveNone: _bare(MessageId.HAVE_NONE),
 }
-_INDEXED: dict[type, MessageId] = {Have: MessageId.HAVE, Suggest: MessageId.SUGGEST, AllowedFast: MessageId.ALLOWED_FAST}
+_INDEXED: dict[type, MessageId] = {
+    Have: MessageId.HAVE,
+    Suggest: MessageId.SUGGEST,
+    AllowedFast: MessageId.ALLOWED_FAST,
+}
 _BLOCKS: dict[type, MessageId] = {Request: MessageId.REQUEST, Cancel: MessageId.CANCEL, Reject: MessageId.REJECT}
 
 
