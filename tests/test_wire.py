@@ -13,6 +13,7 @@ import random
 import socket
 import struct
 import time
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -225,6 +226,18 @@ def comparable(event: Event) -> Event:
     return event
 
 
+def encode_raw(handshake: ExtensionHandshake) -> dict[bytes, Any]:
+    """The dictionary a receiver of ``handshake`` finds in its ``raw``."""
+    typed = {
+        b"m": {name.encode(): ext_id for name, ext_id in handshake.m.items()},
+        b"v": None if handshake.v is None else handshake.v.encode(),
+        b"reqq": handshake.reqq,
+        b"p": handshake.p,
+        b"yourip": handshake.yourip,
+    }
+    return {**handshake.raw, **{k: v for k, v in typed.items() if v is not None}}
+
+
 def extension_handshakes() -> st.SearchStrategy[ExtensionHandshake]:
     names = st.sampled_from(["ut_metadata", "ut_pex", "lt_donthave", "x_test", "ü_ext"])
     ids = st.dictionaries(names, st.integers(0, 255), max_size=4).filter(
@@ -330,8 +343,8 @@ def test_every_message_round_trips_and_any_split_of_the_stream_gives_the_same_ev
     for side, other in ((a, b), (b, a)):
         assert side.conn.peer_choking == other.conn.am_choking
         assert side.conn.peer_interested == other.conn.am_interested
-        fresh = connection(side.conn.local.peer_id, fast=side.conn.local.fast,
-                           extension_protocol=side.conn.local.extension_protocol, dht=dht)
+        local = side.conn.local
+        fresh = connection(local.peer_id, fast=local.fast, extension_protocol=local.extension_protocol, dht=dht)
         assert replay_events(side, fresh, data) == side.received
 
 
@@ -358,8 +371,27 @@ def replay_events(side: Side, conn: PeerConnection, data: st.DataObject) -> list
     return events
 
 
+def test_each_kind_of_message_round_trips() -> None:
+    a, b = pair(dht=True)
+    # b opens: its extension ids, what it has, and two requests for a to answer.
+    offer = ExtensionHandshake(m={"ut_metadata": 3}, v="pyowtorrent", reqq=250, p=6881)
+    opening: list[Message] = [offer, HaveNone(), Request(1, 0, BLOCK), Request(2, 0, 100)]
+    got = a.receive_data(b"".join(b.send(m) for m in opening))
+    assert [comparable(e) for e in got] == opening and got[0] == replace(offer, raw=encode_raw(offer))
+    script: list[Message] = [
+        Bitfield(bitfield_bytes([i % 2 == 0 for i in range(NUM_PIECES)])),
+        KeepAlive(), Choke(), Unchoke(), Interested(), NotInterested(), Have(9), Suggest(0), AllowedFast(5),
+        Request(NUM_PIECES - 1, 4096, LAST_PIECE - 4096), Cancel(NUM_PIECES - 1, 4096, LAST_PIECE - 4096),
+        Piece(1, 0, random_bytes(2, BLOCK)), Reject(2, 0, 100), Port(6881), Extended(3, b"d8:msg_typei0ee"),
+    ]
+    for message in script:
+        assert b.receive_data(a.send(message)) == [message]
+    kinds = {type(m) for m in script} | {ExtensionHandshake, HaveNone}
+    assert kinds == set(typing.get_args(Message)) - {HaveAll}  # HaveAll: see the test below
+
+
 @pytest.mark.parametrize("message", [Bitfield(bitfield_bytes([True] * NUM_PIECES)), HaveAll(), HaveNone()])
-def test_send_piece_state_first_then_anything(message: Message) -> None:
+def test_bitfield_have_all_or_have_none_opens_and_anything_may_follow(message: Message) -> None:
     a, b = pair()
     wire = a.send(message) + a.send(Unchoke()) + a.send(AllowedFast(3))
     assert b.receive_data(wire) == [message, Unchoke(), AllowedFast(3)]
