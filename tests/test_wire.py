@@ -979,6 +979,15 @@ def test_constructor_refuses_a_geometry_that_does_not_add_up() -> None:
         PeerConnection(INFO_HASH, LOCAL_ID, NUM_PIECES + 1, PIECE_LENGTH, TOTAL)
     with pytest.raises(ValueError):
         PeerConnection(INFO_HASH[:19], LOCAL_ID, NUM_PIECES, PIECE_LENGTH, TOTAL)
+    with pytest.raises(ValueError):
+        PeerConnection(INFO_HASH, LOCAL_ID, NUM_PIECES, PIECE_LENGTH, TOTAL, max_block=0)
+
+
+def test_helpers_refuse_malformed_arguments() -> None:
+    with pytest.raises(ValueError):
+        bitfield_flags(b"\0", NUM_PIECES)
+    with pytest.raises(LocalProtocolError):
+        encode_handshake(Handshake(INFO_HASH, b"short"))
 
 
 # --- bounds on what a peer can make us remember -------------------------------------------
@@ -1018,7 +1027,7 @@ def test_we_do_not_send_an_extension_message_over_the_limit_or_an_unbencodable_h
 
 
 def test_only_wire_messages_can_be_sent() -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError, match="not a peer wire message"):
         connected().send("choke")  # type: ignore[arg-type]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import get_args
 
 from ._buffer import ByteQueue
 from .bitfield import bitfield_length
@@ -88,6 +89,7 @@ _HAVE_ALL, _HAVE_NONE = HaveAll(), HaveNone()
 _BEFORE_FIRST = (KeepAlive, Port, ExtensionHandshake, Extended)
 _FIRST = (Bitfield, HaveAll, HaveNone)
 _FAST_MESSAGES = (Suggest, HaveAll, HaveNone, Reject, AllowedFast)
+_MESSAGE_TYPES = frozenset(get_args(Message))
 
 _BlockKey = tuple[int, int, int]  # index, begin, length
 
@@ -197,6 +199,8 @@ class PeerConnection:
         """The bytes that send ``message``, after checking it is legal now."""
         if isinstance(message, Handshake):
             raise LocalProtocolError("send the handshake with handshake_bytes()")
+        if type(message) not in _MESSAGE_TYPES:
+            raise LocalProtocolError(f"{message!r} is not a peer wire message")
         if not self.handshake_done:
             # Which messages are legal depends on what the remote advertised.
             raise LocalProtocolError(f"cannot send {type(message).__name__} before both handshakes")
