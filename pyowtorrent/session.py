@@ -74,6 +74,8 @@ class Session:
         upload_rate_limit: int = 0,
         request_timeout: float = 20.0,
         reconnect_delay: float = 5.0,
+        tracker_timeout: float = 30.0,
+        udp_retransmit_base: float = 15.0,
     ) -> None:
         self.listen = [listen] if isinstance(listen, str) else list(listen or [])
         self.port = port
@@ -90,6 +92,13 @@ class Session:
         # A peer that dropped or refused us is tried again after this long.
         self.reconnect_delay = reconnect_delay
         self.upload_limiter = RateLimiter(upload_rate_limit)
+        # Trackers: HTTP answers within tracker_timeout; UDP retries after
+        # udp_retransmit_base·2ⁿ seconds (BEP 15's 15 s; smaller in tests).
+        self.tracker_timeout = tracker_timeout
+        self.udp_retransmit_base = udp_retransmit_base
+        self.announce_key = secrets.randbits(32)  # BEP 7 'key': the same for the session's life
+        self._http: Any = None
+        self.own_addresses: set[tuple[str, int]] = set()  # found by connecting to ourselves
         self.executor = ThreadPoolExecutor(max_workers=disk_threads or min(8, (os.cpu_count() or 1) + 2))
         self.torrents: dict[bytes, Torrent] = {}
         self._servers: list[asyncio.AbstractServer] = []
@@ -136,8 +145,12 @@ class Session:
         peers: Sequence[tuple[str, int]] = (),
         file_priorities: Sequence[int] | None = None,
         sequential: bool = False,
+        trackers: Sequence[Sequence[str]] | None = None,
     ) -> Torrent:
-        """Add a torrent and start it: check the files already there, then download or seed."""
+        """Add a torrent and start it: check the files already there, then download or seed.
+
+        ``trackers`` (tiers of URLs) replaces the torrent's own list when given.
+        """
         meta = torrent if isinstance(torrent, Metainfo) else load_metainfo(torrent)
         if meta.info_hash in self.torrents:
             raise PyowtorrentError(f"{meta.name}: this torrent is already in the session")
@@ -150,6 +163,7 @@ class Session:
             resume_path=resume_dir / f"{meta.info_hash.hex()}.resume.json",
             file_priorities=file_priorities,
             sequential=sequential,
+            trackers=trackers,
         )
         self.torrents[meta.info_hash] = t
         for host, p in peers:
@@ -167,6 +181,14 @@ class Session:
             await asyncio.get_running_loop().run_in_executor(self.executor, torrent.storage.delete_files)
             if torrent.resume_path is not None:
                 torrent.resume_path.unlink(missing_ok=True)
+
+    def http_client(self) -> Any:
+        """The aiohttp client session shared by the trackers (made on first use, in the loop)."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession(headers={"User-Agent": self.client_name})
+        return self._http
 
     def can_connect(self) -> bool:
         return sum(len(t.peers) for t in self.torrents.values()) < self.max_connections
@@ -192,8 +214,10 @@ class Session:
         """Stop every torrent (saving resume data), close the sockets, wait for the peers to go."""
         for server in self._servers:
             server.close()
-        for t in list(self.torrents.values()):
-            await t.stop()
+        await asyncio.gather(*(t.stop() for t in list(self.torrents.values())))
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         for server in self._servers:

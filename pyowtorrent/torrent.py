@@ -17,6 +17,7 @@ from .metainfo import Metainfo
 from .peer import OUR_REQQ, Peer, RateMeter
 from .picker import Block, PiecePicker
 from .storage import ResumeData, Storage, write_atomically
+from .tracker.announcer import Announcer, TrackerStatus
 from .wire import events as ev
 from .wire import PeerConnection, parse_handshake
 
@@ -60,7 +61,11 @@ class TorrentStatus:
     num_pieces: int
     eta: float | None  # seconds
     error: str | None = None
-    checked_bytes: int = 0  # hashed by the last check (0: resume data vouched for everything)
+    checked_bytes: int = 0
+    trackers: tuple[TrackerStatus, ...] = ()
+    seeders: int | None = None  # the swarm as the trackers see it (announce and scrape)
+    leechers: int | None = None
+    completed: int | None = None  # hashed by the last check (0: resume data vouched for everything)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class Torrent:
         resume_path: Path | None,
         file_priorities: Sequence[int] | None = None,
         sequential: bool = False,
+        trackers: Sequence[Sequence[str]] | None = None,
     ) -> None:
         self.session = session
         self.meta = meta
@@ -121,6 +127,16 @@ class Torrent:
         self.priorities = list(self._piece_priorities(file_priorities))
         self.picker.set_piece_priorities(self.priorities)
         self.picker.set_sequential(sequential)
+        tiers = meta.trackers if trackers is None else trackers
+        self.announcer: Announcer | None = None
+        if tiers:
+            self.announcer = Announcer(
+                self,
+                tiers,
+                http=session.http_client(),
+                udp_retransmit_base=session.udp_retransmit_base,
+                http_timeout=session.tracker_timeout,
+            )
 
     # -- policy inputs ---------------------------------------------------------
 
@@ -165,7 +181,12 @@ class Torrent:
         self._enter_trading_state()
         self._resume_dirty = True
         self._save_resume()
+        self._start_trading()
+
+    def _start_trading(self) -> None:
         self._spawn(self._tick(), "tick")
+        if self.announcer is not None:
+            self._spawn(self.announcer.run(), "announce")
 
     def _check(self) -> bytearray:
         trusted: set[int] = set()
@@ -193,6 +214,8 @@ class Torrent:
             return
         self._stop_tasks()
         self._disconnect_all("paused")
+        if self.announcer is not None:
+            self._spawn_detached(self.announcer.stop())
         self._save_resume()
         self._set_state(TorrentState.PAUSED)
 
@@ -200,11 +223,13 @@ class Torrent:
         if self.state is not TorrentState.PAUSED:
             return
         self._enter_trading_state()
-        self._spawn(self._tick(), "tick")
+        self._start_trading()
 
     async def stop(self) -> None:
         """Disconnect everything and save resume data (the session calls this on close)."""
         self._stop_tasks()
+        if self.announcer is not None and self.state in (TorrentState.DOWNLOADING, TorrentState.SEEDING):
+            await self.announcer.stop()
         self._disconnect_all("shutting down")
         if self._piece_jobs:
             await asyncio.wait(list(self._piece_jobs))  # pieces being written are kept
@@ -292,6 +317,7 @@ class Torrent:
         down = self.download_meter.rate()
         up = self.upload_meter.rate()
         eta = None if self._done.is_set() else ((wanted_total - done) / down if down > 0 else None)
+        trackers = self.announcer.status() if self.announcer is not None else ()
         return TorrentStatus(
             state=self.state,
             progress=done / wanted_total if wanted_total else 1.0,
@@ -307,6 +333,10 @@ class Torrent:
             eta=eta,
             error=self.error,
             checked_bytes=self._checked,
+            trackers=trackers,
+            seeders=_most(t.seeders for t in trackers),
+            leechers=_most(t.leechers for t in trackers),
+            completed=_most(t.completed for t in trackers),
         )
 
     # -- peers ---------------------------------------------------------------------
@@ -315,6 +345,8 @@ class Torrent:
         """A peer to connect to (from the user, a tracker, or PEX later)."""
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
+        if (host, port) in self.session.own_addresses:
+            return
         self.known_peers.setdefault((host, port), 0.0)
         if self.state in (TorrentState.DOWNLOADING, TorrentState.SEEDING):
             self._connect_more()
@@ -344,7 +376,7 @@ class Torrent:
             self._attach(reader, writer, conn, addr, data, outgoing=True)
             return
         except (OSError, asyncio.TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
-            log.debug("%s: connecting to %s failed: %s", self.meta.name, addr, exc)
+            log.debug("%s: connecting to %s failed: %r", self.meta.name, addr, exc)
             self.known_peers[addr] = time.monotonic() + self.session.reconnect_delay
             if writer is not None:
                 writer.close()
@@ -378,11 +410,20 @@ class Torrent:
         outgoing: bool,
     ) -> None:
         hs = parse_handshake(data)
-        if hs is None or hs.info_hash != self.meta.info_hash or hs.peer_id == self.session.peer_id:
-            writer.close()  # wrong torrent, or ourselves
+        if hs is None or hs.info_hash != self.meta.info_hash:
+            log.debug("%s: %s answered for another torrent", self.meta.name, addr)
+            writer.close()
+            return
+        if hs.peer_id == self.session.peer_id:
+            log.debug("%s: %s is ourselves", self.meta.name, addr)
+            if outgoing:
+                self.known_peers.pop(addr, None)  # our own listen address: never again
+                self.session.own_addresses.add(addr)
+            writer.close()
             return
         if any(p.peer_id == hs.peer_id for p in self.peers.values()) or addr in self.peers:
-            writer.close()  # already connected to this peer
+            log.debug("%s: already connected to %s", self.meta.name, addr)
+            writer.close()
             return
         peer = Peer(self, reader, writer, conn, addr, outgoing)
         try:
@@ -524,6 +565,8 @@ class Torrent:
                 self._save_resume()
                 self._set_state(TorrentState.SEEDING)
                 self._emit(TorrentEvent("completed"))
+                if self.announcer is not None:
+                    self.announcer.completed()
                 for p in list(self.peers.values()):
                     self._update_interest(p)
         else:
@@ -622,6 +665,11 @@ class Torrent:
             exc = task.exception()
             log.error("%s: task %s failed", self.meta.name, task.get_name(), exc_info=exc)
             self._fail(f"internal error: {exc!r}")
+
+
+def _most(values: Any) -> int | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
 
 
 async def _read_handshake(reader: asyncio.StreamReader) -> bytes:

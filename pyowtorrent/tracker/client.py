@@ -1,0 +1,193 @@
+"""Talking to trackers: HTTP(S) through aiohttp, UDP (BEP 15) over an asyncio datagram socket.
+
+Both clients take an :class:`AnnounceRequest` and give an
+:class:`AnnounceResponse` or raise :class:`~pyowtorrent.errors.TrackerError`
+— for a refusal, an unreadable answer, a timeout or a network failure alike.
+The message formats are the sans-IO codecs' business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import time
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from ..errors import TrackerError
+from .http_codec import (
+    MAX_RESPONSE_BYTES,
+    AnnounceRequest,
+    AnnounceResponse,
+    ScrapeResult,
+    parse_announce_response,
+    parse_scrape_response,
+    scrape_request_url,
+    scrape_url,
+    announce_url,
+)
+from .udp_codec import (
+    ACTION_ANNOUNCE,
+    ACTION_CONNECT,
+    ACTION_SCRAPE,
+    CONNECTION_ID_LIFETIME,
+    ConnectResponse,
+    ScrapeResponse,
+    StrayPacket,
+    decode_response,
+    encode_announce,
+    encode_connect,
+    encode_scrape,
+    retransmit_timeout,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HttpTracker", "TrackerClient", "UdpTracker", "make_client"]
+
+
+class TrackerClient(Protocol):
+    url: str
+
+    async def announce(self, req: AnnounceRequest) -> AnnounceResponse: ...
+
+    async def scrape(self, info_hash: bytes) -> ScrapeResult | None: ...
+
+
+class HttpTracker:
+    """BEP 3 over HTTP(S): redirects followed, gzip accepted, the body read up to a bound."""
+
+    def __init__(self, url: str, http: Any, *, timeout: float = 30.0) -> None:
+        self.url = url
+        self._http = http  # an aiohttp.ClientSession, shared by the session's torrents
+        self._timeout = timeout
+
+    async def _get(self, url: str) -> bytes:
+        import aiohttp
+
+        try:
+            async with self._http.get(
+                url, timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=True, max_redirects=5
+            ) as resp:
+                if resp.status != 200:
+                    raise TrackerError(f"{self.url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
+                body: bytes = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+        except aiohttp.ClientError as exc:
+            raise TrackerError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
+        except asyncio.TimeoutError:
+            raise TrackerError(f"{self.url}: no answer within {self._timeout:g} s") from None
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise TrackerError(f"{self.url}: answer larger than {MAX_RESPONSE_BYTES} bytes")
+        return body
+
+    async def announce(self, req: AnnounceRequest) -> AnnounceResponse:
+        return parse_announce_response(await self._get(announce_url(self.url, req)))
+
+    async def scrape(self, info_hash: bytes) -> ScrapeResult | None:
+        base = scrape_url(self.url)
+        if base is None:
+            return None  # BEP 48: no 'announce' in the path, no scrape
+        return parse_scrape_response(await self._get(scrape_request_url(base, [info_hash])), info_hash)
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | Exception] = asyncio.Queue(maxsize=64)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.queue.full():  # a flood of stray packets is dropped, not buffered
+            self.queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.queue.full():
+            self.queue.put_nowait(exc)  # e.g. ICMP port unreachable: nobody is there
+
+
+class UdpTracker:
+    """BEP 15: connect, then announce or scrape, retransmitting after 15·2ⁿ seconds.
+
+    ``retransmit_base`` is the 15 s of the spec (smaller in tests); after
+    ``max_tries`` unanswered tries the tracker counts as failed, so that the
+    next one of its tier gets its turn within minutes rather than hours.
+    """
+
+    def __init__(self, url: str, *, retransmit_base: float = 15.0, max_tries: int = 3) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        if parts.scheme != "udp" or not parts.hostname or not parts.port:
+            raise TrackerError(f"{url}: not a udp://HOST:PORT tracker URL")
+        self.host, self.port = parts.hostname, parts.port
+        self.retransmit_base = retransmit_base
+        self.max_tries = max_tries
+        self._connection: tuple[int, float] | None = None  # id, when received
+
+    async def announce(self, req: AnnounceRequest) -> AnnounceResponse:
+        resp = await self._request(ACTION_ANNOUNCE, lambda cid, tid: encode_announce(cid, tid, req))
+        assert isinstance(resp, AnnounceResponse)
+        return resp
+
+    async def scrape(self, info_hash: bytes) -> ScrapeResult | None:
+        resp = await self._request(ACTION_SCRAPE, lambda cid, tid: encode_scrape(cid, tid, [info_hash]), 1)
+        assert isinstance(resp, ScrapeResponse)
+        return resp.results[0]
+
+    async def _request(self, action: int, build: Any, scrape_count: int | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise TrackerError(f"{self.url}: cannot resolve {self.host}: {exc}") from None
+        family, _, _, _, addr = infos[0]
+        ipv6 = family == socket.AF_INET6
+        try:
+            transport, proto = await loop.create_datagram_endpoint(_Datagrams, remote_addr=(str(addr[0]), int(addr[1])))
+        except OSError as exc:
+            raise TrackerError(f"{self.url}: {exc}") from None
+        try:
+            for n in range(self.max_tries):
+                deadline = loop.time() + retransmit_timeout(n, self.retransmit_base)
+                try:
+                    cid = await self._connection_id(transport, proto, deadline)
+                    tid = secrets.randbits(32)
+                    transport.sendto(build(cid, tid))
+                    return await self._receive(proto, tid, action, deadline, ipv6, scrape_count)
+                except asyncio.TimeoutError:
+                    log.debug("%s: no answer to try %d", self.url, n + 1)
+            raise TrackerError(f"{self.url}: no answer after {self.max_tries} tries")
+        finally:
+            transport.close()
+
+    async def _connection_id(self, transport: Any, proto: _Datagrams, deadline: float) -> int:
+        now = time.monotonic()
+        if self._connection is not None and now - self._connection[1] < CONNECTION_ID_LIFETIME:
+            return self._connection[0]
+        tid = secrets.randbits(32)
+        transport.sendto(encode_connect(tid))
+        resp = await self._receive(proto, tid, ACTION_CONNECT, deadline, False, None)
+        assert isinstance(resp, ConnectResponse)
+        self._connection = (resp.connection_id, now)
+        return resp.connection_id
+
+    async def _receive(
+        self, proto: _Datagrams, tid: int, action: int, deadline: float, ipv6: bool, scrape_count: int | None
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        while True:
+            packet = await asyncio.wait_for(proto.queue.get(), max(0.0, deadline - loop.time()))
+            if isinstance(packet, Exception):
+                raise TrackerError(f"{self.url}: {packet}")
+            try:
+                return decode_response(packet, tid, action, ipv6=ipv6, scrape_count=scrape_count)
+            except StrayPacket:
+                continue  # an answer to an earlier try, or noise: keep waiting for ours
+
+
+def make_client(url: str, http: Any, *, udp_retransmit_base: float = 15.0, http_timeout: float = 30.0) -> TrackerClient:
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("http", "https"):
+        return HttpTracker(url, http, timeout=http_timeout)
+    if scheme == "udp":
+        return UdpTracker(url, retransmit_base=udp_retransmit_base)
+    raise TrackerError(f"{url}: unsupported tracker scheme {scheme!r}")

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Install what the test suite needs on a fresh machine, then run it.
+#   - Debian's opentracker: a real tracker for the tracker tests (apt-get, when missing);
+#   - the package with its 'test' extra: pytest, hypothesis, the libtorrent wheel.
+set -eu
+cd "$(dirname "$0")/.."
+if ! command -v opentracker >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opentracker
+fi
+python -m pip install -q '.[test]'
+exec python -m pytest "$@"

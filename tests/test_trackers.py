@@ -1,0 +1,221 @@
+"""Finding peers through trackers: our embedded tracker, a real opentracker (HTTP and UDP), libtorrent."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from pyowtorrent.create import create_torrent
+from pyowtorrent.metainfo import Metainfo
+from pyowtorrent.session import Session
+from pyowtorrent.tracker.server import Tracker
+
+from .engine_util import make_payload, same_tree, until
+
+SIZES = {"data.bin": 600_000, "notes.txt": 777}
+
+
+def torrent_with(tmp: Path, trackers: list[str | list[str]]) -> tuple[Metainfo, Path]:
+    seed_dir = tmp / "seeder"
+    make_payload(seed_dir / "ds", SIZES)
+    return create_torrent(seed_dir / "ds", piece_length=32768, trackers=trackers), seed_dir
+
+
+def lo_session(**kw: object) -> Session:
+    return Session(listen="127.0.0.1", reconnect_delay=0.2, **kw)  # type: ignore[arg-type]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_peers_found_through_the_embedded_tracker(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Tracker() as tracker:
+            url = tracker.announce_url("127.0.0.1")
+            meta, seed_dir = torrent_with(tmp_path, [url])
+            async with lo_session() as s1, lo_session() as s2:
+                seeder = await s1.add_torrent(meta, seed_dir)
+                await until(lambda: len(tracker.peers(meta.info_hash)) == 1, what="the seeder's announce")
+                leecher = await s2.add_torrent(meta, tmp_path / "leech")  # no peers given: the tracker must find them
+                await leecher.wait_done(timeout=30)
+                st = leecher.status()
+                (tr,) = st.trackers
+                assert tr.working and tr.last_error is None and tr.peers_received >= 1
+                assert st.seeders is not None and st.seeders >= 1
+                assert seeder.status().trackers[0].working
+            # Both sessions said 'stopped' when they closed.
+            assert tracker.peers(meta.info_hash) == []
+
+    asyncio.run(main())
+    assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "leech" / "ds")
+
+
+def test_dead_trackers_in_the_first_tiers_do_not_stop_the_start(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/announce"  # nothing listens: refused at once
+    silent_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent_sock.bind(("127.0.0.1", 0))  # bound, never answers: every try times out
+    silent = f"udp://127.0.0.1:{silent_sock.getsockname()[1]}/announce"
+
+    async def main() -> None:
+        async with Tracker() as tracker:
+            good = tracker.announce_url("127.0.0.1")
+            meta, seed_dir = torrent_with(tmp_path, [closed, silent, good])
+            async with lo_session(udp_retransmit_base=0.1) as s1, lo_session(udp_retransmit_base=0.1) as s2:
+                await s1.add_torrent(meta, seed_dir)
+                await until(lambda: len(tracker.peers(meta.info_hash)) == 1, what="the seeder's announce")
+                leecher = await s2.add_torrent(meta, tmp_path / "leech")
+                await leecher.wait_done(timeout=30)
+                by_url = {t.url: t for t in leecher.status().trackers}
+                assert by_url[closed].last_error and not by_url[closed].working
+                assert by_url[silent].last_error and "no answer" in by_url[silent].last_error
+                assert by_url[good].working and by_url[good].last_error is None
+
+    try:
+        asyncio.run(main())
+    finally:
+        silent_sock.close()
+    assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "leech" / "ds")
+
+
+# -- a real tracker: opentracker (Debian package, started fresh per test) ---------------------
+
+
+@pytest.fixture
+def opentracker(tmp_path: Path) -> Iterator[Callable[[bytes], tuple[int, int]]]:
+    """Start opentracker on loopback serving one info-hash; gives its (http port, udp port).
+
+    Debian builds opentracker with a whitelist, so the info-hash is listed
+    before it starts; it chroots into its directory, so the list's path is
+    relative to it.  A fresh one per test: it remembers peers for half an hour.
+    """
+    binary = shutil.which("opentracker")
+    if binary is None:
+        pytest.fail("opentracker is not installed: the README's test command installs it (Debian package 'opentracker')")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(info_hash: bytes) -> tuple[int, int]:
+        home = tmp_path / "opentracker"
+        home.mkdir()
+        home.chmod(0o755)
+        (home / "whitelist.txt").write_text(info_hash.hex() + "\n")
+        (home / "opentracker.conf").write_text("access.whitelist whitelist.txt\n")
+        tcp, udp = free_port(), free_port(socket.SOCK_DGRAM)
+        cmd = [binary, "-f", str(home / "opentracker.conf"), "-i", "127.0.0.1", "-p", str(tcp), "-P", str(udp)]
+        proc = subprocess.Popen([*cmd, "-d", str(home), "-u", "nobody"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", tcp), timeout=1).close()
+                return tcp, udp
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.stdout.read().decode() if proc.stdout and proc.poll() is not None else ""
+                    pytest.fail(f"opentracker did not start: {out}")
+                time.sleep(0.05)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("scheme", ["http", "udp"])
+def test_download_from_a_libtorrent_seeder_found_through_opentracker(
+    tmp_path: Path, opentracker: Callable[[bytes], tuple[int, int]], scheme: str
+) -> None:
+    import libtorrent as lt
+
+    # The torrent's identity does not depend on its tracker list, so learn it first.
+    probe, _ = torrent_with(tmp_path / "probe", [])
+    tcp, udp = opentracker(probe.info_hash)
+    url = f"http://127.0.0.1:{tcp}/announce" if scheme == "http" else f"udp://127.0.0.1:{udp}/announce"
+    meta, seed_dir = torrent_with(tmp_path, [url])
+    assert meta.info_hash == probe.info_hash
+
+    ses = lt.session(
+        {
+            "listen_interfaces": "127.0.0.1:0",
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_outgoing_utp": False,
+            "enable_incoming_utp": False,
+            # opentracker hands libtorrent its own address; without this,
+            # libtorrent's self-connection ban would cover all of 127.0.0.1.
+            "allow_multiple_connections_per_ip": True,
+            "alert_mask": lt.alert.category_t.all_categories,
+        }
+    )
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(meta.to_bytes())
+    params.save_path = str(seed_dir)
+    handle = ses.add_torrent(params)
+
+    async def main() -> None:
+        # Wait until libtorrent's announce reached the tracker (it says so in an alert).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        announced = False
+        while not announced:
+            assert loop.time() < deadline, "libtorrent never announced to opentracker"
+            for a in ses.pop_alerts():
+                if isinstance(a, lt.tracker_reply_alert):
+                    announced = True
+                if isinstance(a, lt.tracker_error_alert):
+                    raise AssertionError(f"libtorrent's announce failed: {a.message()}")
+            await asyncio.sleep(0.05)
+        async with lo_session(udp_retransmit_base=0.5) as s:
+            leecher = await s.add_torrent(meta, tmp_path / "leech")
+            await leecher.wait_done(timeout=30)
+            (tr,) = leecher.status().trackers
+            assert tr.working and tr.peers_received >= 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        ses.remove_torrent(handle)
+    assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
+
+
+def test_libtorrent_leecher_finds_our_seeder_through_our_tracker(tmp_path: Path) -> None:
+    import libtorrent as lt
+
+    async def main() -> None:
+        async with Tracker() as tracker:
+            meta, seed_dir = torrent_with(tmp_path, [tracker.announce_url("127.0.0.1")])
+            tracker.allow(meta.info_hash)
+            async with lo_session() as s:
+                await s.add_torrent(meta, seed_dir)
+                await until(lambda: len(tracker.peers(meta.info_hash)) == 1, what="our seeder's announce")
+                ses = lt.session(
+                    {
+                        "listen_interfaces": "127.0.0.1:0",
+                        "enable_dht": False,
+                        "enable_lsd": False,
+                        "enable_upnp": False,
+                        "enable_natpmp": False,
+                        "enable_outgoing_utp": False,
+                        "enable_incoming_utp": False,
+                    }
+                )
+                params = lt.add_torrent_params()
+                params.ti = lt.torrent_info(meta.to_bytes())
+                params.save_path = str(tmp_path / "lt")
+                handle = ses.add_torrent(params)
+                await until(lambda: handle.status().is_seeding, timeout=60, what="libtorrent to finish")
+                ses.remove_torrent(handle)
+
+    asyncio.run(main())
+    assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "lt" / "ds")
