@@ -1,4 +1,4 @@
-"""The ``pyowtorrent`` command: create, info, verify, download, seed, demo."""
+"""The ``pyowtorrent`` command: create, info, verify, download, seed, tracker, demo."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify": verify_mod.run,
         "download": cli_engine.run_download,
         "seed": cli_engine.run_seed,
+        "tracker": cli_engine.run_tracker,
         "demo": _demo,
     }[args.command]
     try:

@@ -28,6 +28,12 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
     p.add_argument("--json", action="store_true", help="print status as JSON lines instead of a progress bar")
 
+    p = sub.add_parser("tracker", help="run a small HTTP tracker until interrupted")
+    p.add_argument("--listen", action="append", metavar="ADDR", help="listen address (default: all, IPv4 and IPv6)")
+    p.add_argument("--port", type=int, default=6969, help="listen port (default 6969; 0: any free port)")
+    p.add_argument("--allow", action="append", default=[], metavar="TORRENT", help="serve only these torrents")
+    p.add_argument("--interval", type=int, default=1800, help="seconds between a client's announces")
+
     p = sub.add_parser("seed", help="check a payload, then seed it until interrupted")
     p.add_argument("torrent")
     p.add_argument("dir", nargs="?", default=".", help="the directory that holds the payload (default: here)")
@@ -58,6 +64,40 @@ def run_seed(args: argparse.Namespace) -> int:
     args.seed = True
     args.timeout = None
     return _run(args, seed_only=True)
+
+
+def run_tracker(args: argparse.Namespace) -> int:
+    """The embedded tracker as a process: prints its announce URL(s), runs until Ctrl-C or SIGTERM."""
+    allowed = [load_metainfo(t).info_hash for t in args.allow] or None
+
+    async def main() -> int:
+        from .tracker.server import Tracker
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        code: dict[str, int] = {}
+
+        def on_signal(c: int) -> None:
+            code.setdefault("signal", c)
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGINT, on_signal, 130)
+        loop.add_signal_handler(signal.SIGTERM, on_signal, 0)
+        tracker = Tracker(interval=args.interval, allowed_info_hashes=allowed)
+        await tracker.start(args.listen or ["0.0.0.0", "::"], args.port)
+        try:
+            for host in args.listen or ["127.0.0.1"]:
+                print(f"announce URL: {tracker.announce_url(host)}", flush=True)
+            await stop.wait()
+        finally:
+            await tracker.close()
+        return code.get("signal", 0)
+
+    try:
+        return asyncio.run(main())
+    except OSError as exc:
+        print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace, seed_only: bool) -> int:
