@@ -1,0 +1,176 @@
+"""Tracker clients and the BEP 12 policy: tiers, bad trackers, UDP over IPv6, events reaching the tracker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+from pathlib import Path
+
+from aiohttp import web
+
+from pyowtorrent.errors import TrackerError
+from pyowtorrent.session import Session
+from pyowtorrent.tracker.client import UdpTracker
+from pyowtorrent.tracker.http_codec import AnnounceRequest
+from pyowtorrent.tracker.server import Tracker
+from pyowtorrent.tracker.tiers import TrackerTiers
+
+from .engine_util import same_tree, until
+from .test_trackers import torrent_with
+
+
+def test_tiers_are_shuffled_once_and_a_tracker_that_answers_moves_to_the_front() -> None:
+    tiers = TrackerTiers([["a", "b", "c", "d"], ["e"]], random.Random(7))
+    order = [e.url for e in tiers.candidates(0.0)]
+    assert sorted(order[:4]) == ["a", "b", "c", "d"] and order[4] == "e"
+    assert order[:4] != ["a", "b", "c", "d"]  # shuffled (this seed)
+    assert [e.url for e in tiers.candidates(0.0)] == order  # ...once, not on every call
+    third = next(e for e in tiers.entries if e.url == order[2])
+    tiers.succeeded(third, now=100.0, interval=900, min_interval=60)
+    assert [e.url for e in tiers.candidates(0.0)][0] == order[2]
+    assert third.next_announce == 1000.0 and third.min_interval == 60
+    assert tiers.next_wakeup() == 1000.0
+
+
+def test_a_failing_tracker_backs_off_and_the_next_tier_is_tried() -> None:
+    tiers = TrackerTiers([["dead"], ["alive"]], random.Random(1))
+    dead, alive = tiers.entries
+    tiers.failed(dead, now=10.0, error="refused")
+    assert dead.last_error == "refused" and dead.next_announce == 70.0
+    assert [e.url for e in tiers.candidates(20.0)] == ["alive"]  # backing off: skipped
+    assert [e.url for e in tiers.candidates(70.0)] == ["dead", "alive"]  # retried in order later
+    tiers.failed(dead, now=70.0, error="refused")
+    assert dead.next_announce == 70.0 + 120.0  # doubled
+
+
+def _request(info_hash: bytes = b"i" * 20) -> AnnounceRequest:
+    return AnnounceRequest(info_hash, b"p" * 20, 6881, 0, 0, 100, "started", 50, 1)
+
+
+class _FakeUdpTracker(asyncio.DatagramProtocol):
+    """A BEP 15 tracker on a datagram socket, scripted per test (responses built with struct)."""
+
+    def __init__(self, behaviour: str, peers6: list[tuple[str, int]] = ()) -> None:  # type: ignore[assignment]
+        self.behaviour = behaviour
+        self.peers6 = peers6
+        self.transport: asyncio.DatagramTransport | None = None
+        self.requests = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.requests += 1
+        action, tid = struct.unpack_from(">II", data, 8)
+        if self.behaviour == "wrong-transaction":
+            self.transport.sendto(struct.pack(">IIQ", 0, tid ^ 1, 42), addr)
+            return
+        if self.behaviour == "truncated":
+            self.transport.sendto(struct.pack(">II", action, tid) + b"\x00\x01", addr)
+            return
+        if self.behaviour == "error":
+            self.transport.sendto(struct.pack(">II", 3, tid) + b"go away", addr)
+            return
+        if action == 0:
+            self.transport.sendto(struct.pack(">IIQ", 0, tid, 0x1234), addr)
+        elif action == 1:
+            body = b"".join(socket.inet_pton(socket.AF_INET6, h) + struct.pack(">H", p) for h, p in self.peers6)
+            self.transport.sendto(struct.pack(">IIiii", 1, tid, 1800, 0, len(self.peers6)) + body, addr)
+
+
+async def _udp_tracker(behaviour: str, host: str = "127.0.0.1", peers6: list[tuple[str, int]] = []) -> tuple[asyncio.DatagramTransport, _FakeUdpTracker, int]:  # noqa: B006
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(lambda: _FakeUdpTracker(behaviour, peers6), local_addr=(host, 0))
+    return transport, proto, transport.get_extra_info("sockname")[1]
+
+
+def test_hostile_udp_answers_are_tracker_errors() -> None:
+    async def main() -> None:
+        for behaviour, message in [("wrong-transaction", "no answer"), ("truncated", "UDP"), ("error", "go away")]:
+            transport, proto, port = await _udp_tracker(behaviour)
+            try:
+                client = UdpTracker(f"udp://127.0.0.1:{port}/announce", retransmit_base=0.05, max_tries=2)
+                try:
+                    await client.announce(_request())
+                except TrackerError as exc:
+                    assert message in str(exc), (behaviour, str(exc))
+                else:
+                    raise AssertionError(f"{behaviour}: no error")
+            finally:
+                transport.close()
+
+    asyncio.run(main())
+
+
+def test_hostile_http_answers_are_recorded_on_the_tracker_and_the_torrent_goes_on(tmp_path: Path) -> None:
+    async def garbage(request: web.Request) -> web.Response:
+        return web.Response(body=b"d8:intervali1800e5:peers" + b"9" * 5000)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/announce", garbage)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with Tracker() as good:
+                meta, seed_dir = torrent_with(tmp_path, [[f"http://127.0.0.1:{port}/announce"], [good.announce_url("127.0.0.1")]])
+                async with Session(listen="127.0.0.1") as s1, Session(listen="127.0.0.1") as s2:
+                    await s1.add_torrent(meta, seed_dir)
+                    await until(lambda: bool(good.peers(meta.info_hash)), what="the seeder's announce")
+                    t = await s2.add_torrent(meta, tmp_path / "leech")
+                    await t.wait_done(timeout=30)
+                    bad, ok = t.status().trackers
+                    assert bad.last_error and not bad.working
+                    assert ok.working
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "leech" / "ds")
+
+
+def test_udp_tracker_over_ipv6_gives_peers6(tmp_path: Path) -> None:
+    async def main() -> None:
+        meta, seed_dir = torrent_with(tmp_path, [])
+        async with Session(listen="::1") as seeder_s:
+            await seeder_s.add_torrent(meta, seed_dir)
+            transport, proto, port = await _udp_tracker("ok", "::1", [("::1", seeder_s.listen_port)])
+            try:
+                async with Session(listen="::1", udp_retransmit_base=0.2) as s:
+                    t = await s.add_torrent(meta, tmp_path / "leech", trackers=[[f"udp://[::1]:{port}/announce"]])
+                    await t.wait_done(timeout=30)
+                    (tr,) = t.status().trackers
+                    assert tr.working and tr.peers_received == 1 and tr.seeders == 1
+            finally:
+                transport.close()
+
+    asyncio.run(main())
+    assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "leech" / "ds")
+
+
+def test_started_completed_and_stopped_reach_the_tracker(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Tracker() as tracker:
+            meta, seed_dir = torrent_with(tmp_path, [tracker.announce_url("127.0.0.1")])
+            async with Session(listen="127.0.0.1") as s1:
+                await s1.add_torrent(meta, seed_dir)
+                await until(lambda: len(tracker.peers(meta.info_hash)) == 1, what="started from the seeder")
+                async with Session(listen="127.0.0.1") as s2:
+                    t = await s2.add_torrent(meta, tmp_path / "leech")
+                    await t.wait_done(timeout=30)
+                    # 'completed': the leecher's left reaches 0 at the tracker.
+                    await until(
+                        lambda: all(p.left == 0 for p in tracker.peers(meta.info_hash))
+                        and len(tracker.peers(meta.info_hash)) == 2,
+                        what="the completed announce",
+                    )
+                # 'stopped' when the leecher's session closed.
+                assert len(tracker.peers(meta.info_hash)) == 1
+
+    asyncio.run(main())
