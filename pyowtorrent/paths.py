@@ -203,6 +203,7 @@ def resolve_duplicates(
             if renames > MAX_DUPLICATE_RENAMES:
                 raise MetainfoError(f"too many files with the same name as {full!r}")
             count += 1
-        taken[key] = (pad, size)
+        if not pad:  # libtorrent 2.1 does not reserve the new name of a renamed pad file
+            taken[key] = (pad, size)
         out.append(tuple(candidate.split("/")))
     return out
