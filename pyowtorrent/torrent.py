@@ -125,6 +125,10 @@ class Torrent:
         self._connecting = 0
         self._pending: set[tuple[str, int]] = set()
         self.priorities = list(self._piece_priorities(file_priorities))
+        layout = meta.layout
+        # Wanted bytes, and how many of them are verified on disk (kept as pieces pass).
+        self._wanted_total = sum(layout.piece_size(i) for i, p in enumerate(self.priorities) if p > 0)
+        self._wanted_done = 0
         self.picker.set_piece_priorities(self.priorities)
         self.picker.set_sequential(sequential)
         tiers = meta.trackers if trackers is None else trackers
@@ -173,6 +177,7 @@ class Torrent:
         for i, v in enumerate(have):
             if v:
                 self.picker.we_have(i)
+                self._count_had(i)
         try:
             await loop.run_in_executor(self.session.executor, self.storage.create_empty_files)
         except StorageError as exc:
@@ -305,15 +310,12 @@ class Torrent:
 
     # -- status ------------------------------------------------------------------
 
+    def _count_had(self, index: int) -> None:
+        if self.priorities[index] > 0:
+            self._wanted_done += self.meta.layout.piece_size(index)
+
     def status(self) -> TorrentStatus:
-        layout = self.meta.layout
-        wanted_total = done = 0
-        for i, prio in enumerate(self.priorities):
-            if prio > 0:
-                size = layout.piece_size(i)
-                wanted_total += size
-                if self.picker.has(i):
-                    done += size
+        wanted_total, done = self._wanted_total, self._wanted_done
         down = self.download_meter.rate()
         up = self.upload_meter.rate()
         eta = None if self._done.is_set() else ((wanted_total - done) / down if down > 0 else None)
@@ -555,6 +557,7 @@ class Torrent:
             return
         if ok:
             self.picker.on_piece_passed(index)
+            self._count_had(index)
             self._resume_dirty = True
             self._smart_ban(index, buf)
             for p in list(self.peers.values()):
