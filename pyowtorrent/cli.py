@@ -76,20 +76,13 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
-def _progress(total: int, desc: str) -> Any:
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr)
-
-
 def _create(args: argparse.Namespace) -> int:
+    from . import verify as verify_mod
     from .create import create_torrent, list_files
 
     src = Path(args.path)
     total = sum(s for _, s, _ in list_files(src)) if src.is_dir() else (src.stat().st_size if src.is_file() else 0)
-    bar = _progress(total, "hashing")
+    bar = verify_mod.progress_bar(total, "hashing")
     try:
         meta = create_torrent(
             src,

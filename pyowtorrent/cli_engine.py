@@ -73,16 +73,7 @@ def run_tracker(args: argparse.Namespace) -> int:
     async def main() -> int:
         from .tracker.server import Tracker
 
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        code: dict[str, int] = {}
-
-        def on_signal(c: int) -> None:
-            code.setdefault("signal", c)
-            stop.set()
-
-        loop.add_signal_handler(signal.SIGINT, on_signal, 130)
-        loop.add_signal_handler(signal.SIGTERM, on_signal, 0)
+        stop, code = _stop_on_signals()
         tracker = Tracker(interval=args.interval, allowed_info_hashes=allowed)
         await tracker.start(args.listen or ["0.0.0.0", "::"], args.port)
         try:
@@ -100,21 +91,28 @@ def run_tracker(args: argparse.Namespace) -> int:
         return 2
 
 
+def _stop_on_signals() -> tuple[asyncio.Event, dict[str, int]]:
+    """An event set by Ctrl-C or SIGTERM, and the exit code each means (130 and 0)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    outcome: dict[str, int] = {}
+
+    def on_signal(code: int) -> None:
+        outcome.setdefault("signal", code)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_signal, 130)
+    loop.add_signal_handler(signal.SIGTERM, on_signal, 0)
+    return stop, outcome
+
+
 def _run(args: argparse.Namespace, seed_only: bool) -> int:
     meta = load_metainfo(args.torrent)
-    outcome: dict[str, int] = {}
 
     async def main() -> int:
         from .session import Session
 
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        def on_signal(code: int) -> None:
-            outcome.setdefault("signal", code)
-            stop.set()
-
-        loop.add_signal_handler(signal.SIGINT, on_signal, 130)
-        loop.add_signal_handler(signal.SIGTERM, on_signal, 0)
+        stop, outcome = _stop_on_signals()
         listen = args.listen or ["0.0.0.0", "::"]
         report = _Reporter(args.json, meta.total_length)
         async with Session(listen=listen, port=args.port, upload_rate_limit=args.upload_limit) as session:

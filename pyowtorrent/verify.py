@@ -58,9 +58,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         meta = load_metainfo(args.torrent)
         _check_payload_kind(meta, args.payload)
-        bar, progress = _progress_bar(meta.total_length)
+        bar = progress_bar(meta.total_length, "verifying")
         try:
-            report = verify_payload(meta, args.payload, threads=args.threads, progress=progress)
+            report = verify_payload(meta, args.payload, threads=args.threads, progress=bar and bar.update)
         finally:
             if bar is not None:
                 bar.close()
@@ -90,13 +90,13 @@ def _check_payload_kind(meta: Metainfo, payload: str) -> None:
         raise PyowtorrentError(f"{payload}: this torrent is one file; give the file {meta.name!r} itself")
 
 
-def _progress_bar(total: int) -> tuple[Any, Callable[[int], None] | None]:
+def progress_bar(total: int, desc: str) -> Any:
+    """A byte-counting progress bar on stderr when it is a terminal; ``None`` otherwise."""
     if not sys.stderr.isatty():
-        return None, None
+        return None
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="verifying", file=sys.stderr)
-    return bar, bar.update
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr)
 
 
 def _print_report(report: VerifyReport, out: TextIO) -> None:

@@ -37,22 +37,11 @@ from pyowtorrent.torrent import Torrent, TorrentEvent, TorrentState
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 
+from .lt_util import LT_SETTINGS
+
 KiB = 1 << 10
 MiB = 1 << 20
 
-LT_SETTINGS: Any = {
-    "listen_interfaces": "127.0.0.1:0",
-    "enable_dht": False,
-    "enable_lsd": False,
-    "enable_upnp": False,
-    "enable_natpmp": False,
-    "allow_multiple_connections_per_ip": True,
-    # pyowtorrent speaks TCP only.  libtorrent dials uTP first and falls back
-    # to TCP only after the uTP attempt times out (about 5 s on loopback).
-    "enable_outgoing_utp": False,
-    "enable_incoming_utp": False,
-    "alert_mask": lt.alert_category.status | lt.alert_category.error | lt.alert_category.storage,
-}
 # Generous next to what loopback needs (a second or two for a few MiB): a
 # deadline only turns a hang into a clear failure.
 TRANSFER_DEADLINE = 30.0

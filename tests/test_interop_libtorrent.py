@@ -37,19 +37,11 @@ from .conftest import REPO
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 
+from .lt_util import LT_SETTINGS
+
 KiB = 1 << 10
 MiB = 1 << 20
 
-# A local session that talks to nobody: no DHT, LSD, UPnP or NAT-PMP, and it
-# listens on loopback only.  Status alerts carry torrent_checked_alert.
-SESSION_SETTINGS: Any = {
-    "listen_interfaces": "127.0.0.1:0",
-    "enable_dht": False,
-    "enable_lsd": False,
-    "enable_upnp": False,
-    "enable_natpmp": False,
-    "alert_mask": lt.alert_category.status | lt.alert_category.error | lt.alert_category.storage,
-}
 # How long libtorrent gets to check a payload of a few MiB.  It takes well
 # under a second; the deadline only turns a hang into a clear failure.
 CHECK_DEADLINE = 60.0
@@ -164,7 +156,7 @@ def assert_same_torrent(meta: Metainfo, ti: Any) -> None:
 
 @pytest.fixture
 def session() -> Iterator[Any]:
-    ses = lt.session(SESSION_SETTINGS)
+    ses = lt.session(LT_SETTINGS)
     try:
         yield ses
     finally:

@@ -18,6 +18,7 @@ from pyowtorrent.session import Session
 from pyowtorrent.tracker.server import Tracker
 
 from .engine_util import make_payload, same_tree, until
+from .lt_util import lt_session
 
 SIZES = {"data.bin": 600_000, "notes.txt": 777}
 
@@ -143,21 +144,9 @@ def test_download_from_a_libtorrent_seeder_found_through_opentracker(
     meta, seed_dir = torrent_with(tmp_path, [url])
     assert meta.info_hash == probe.info_hash
 
-    ses = lt.session(
-        {
-            "listen_interfaces": "127.0.0.1:0",
-            "enable_dht": False,
-            "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "enable_outgoing_utp": False,
-            "enable_incoming_utp": False,
-            # opentracker hands libtorrent its own address; without this,
-            # libtorrent's self-connection ban would cover all of 127.0.0.1.
-            "allow_multiple_connections_per_ip": True,
-            "alert_mask": lt.alert.category_t.all_categories,
-        }
-    )
+    # opentracker hands libtorrent its own address: LT_SETTINGS keeps its
+    # self-connection ban from covering all of 127.0.0.1.
+    ses = lt_session(alert_mask=lt.alert.category_t.all_categories)
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(meta.to_bytes())
     params.save_path = str(seed_dir)
@@ -199,17 +188,7 @@ def test_libtorrent_leecher_finds_our_seeder_through_our_tracker(tmp_path: Path)
             async with lo_session() as s:
                 await s.add_torrent(meta, seed_dir)
                 await until(lambda: len(tracker.peers(meta.info_hash)) == 1, what="our seeder's announce")
-                ses = lt.session(
-                    {
-                        "listen_interfaces": "127.0.0.1:0",
-                        "enable_dht": False,
-                        "enable_lsd": False,
-                        "enable_upnp": False,
-                        "enable_natpmp": False,
-                        "enable_outgoing_utp": False,
-                        "enable_incoming_utp": False,
-                    }
-                )
+                ses = lt_session()
                 params = lt.add_torrent_params()
                 params.ti = lt.torrent_info(meta.to_bytes())
                 params.save_path = str(tmp_path / "lt")

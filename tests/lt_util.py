@@ -1,0 +1,28 @@
+"""libtorrent as a test peer: one settings pack for every test that runs a libtorrent session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libtorrent as lt  # test-only reference implementation; pyowtorrent never imports it
+
+# A session that talks to nobody else: loopback only, no DHT, LSD, UPnP or NAT-PMP.
+LT_SETTINGS: Any = {
+    "listen_interfaces": "127.0.0.1:0",
+    "enable_dht": False,
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+    # Every peer of a loopback test shares 127.0.0.1: keep them apart by port,
+    # or libtorrent's self-connection ban would cover all of them.
+    "allow_multiple_connections_per_ip": True,
+    # pyowtorrent speaks TCP only.  libtorrent dials uTP first and falls back
+    # to TCP only after the uTP attempt times out (about 5 s on loopback).
+    "enable_outgoing_utp": False,
+    "enable_incoming_utp": False,
+    "alert_mask": lt.alert_category.status | lt.alert_category.error | lt.alert_category.storage,
+}
+
+
+def lt_session(**overrides: Any) -> Any:
+    return lt.session({**LT_SETTINGS, **overrides})
