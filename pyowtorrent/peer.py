@@ -105,6 +105,7 @@ class Peer:
         self.snubbed = False
         self.closed = asyncio.Event()
         self._serve_wakeup = asyncio.Event()
+        self._refill = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.close_reason = ""
 
@@ -208,6 +209,7 @@ class Peer:
 
     def _handle(self, events: list[Any]) -> None:
         t = self.torrent
+        self._refill = False
         for e in events:
             kind = type(e)
             if kind is ev.Piece:
@@ -254,6 +256,9 @@ class Peer:
                 if e.v:
                     self.client = e.v[:64]
             # KeepAlive, Port, Suggest, Extended: nothing to do yet.
+        if self._refill:
+            # Once per read, not per block: one batch of requests, one write.
+            t.fill_requests(self)
 
     def _on_piece(self, e: ev.Piece) -> None:
         block = Block(e.index, e.begin, len(e.block))
@@ -268,7 +273,7 @@ class Peer:
         rate = self.downloaded.rate(now)
         target = int(rate * REQUEST_QUEUE_SECONDS / BLOCK)
         self.queue_target = max(MIN_QUEUE, min(self.max_queue, max(target, self.queue_target + 1)))
-        self.torrent.fill_requests(self)
+        self._refill = True
 
     def _on_request(self, e: ev.Request) -> None:
         allowed = e.index in self.torrent.allowed_fast_for(self)
@@ -297,10 +302,13 @@ class Peer:
     # -- requesting ----------------------------------------------------------
 
     def request(self, blocks: list[Block]) -> None:
+        if self.closed.is_set():
+            return
         now = time.monotonic()
         for b in blocks:
             self.outstanding[b] = now
-            self.send(ev.Request(b.index, b.begin, b.length))
+        self.writer.write(b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks))
+        self.last_sent = now
 
     def cancel(self, block: Block) -> None:
         if self.outstanding.pop(block, None) is not None:
@@ -326,16 +334,17 @@ class Peer:
                 await self._serve_wakeup.wait()
                 continue
             batch = [self.incoming_requests.popleft()]
+            total = batch[0].length
             # Consecutive requests in one piece become one read.
             while (
                 self.incoming_requests
                 and self.incoming_requests[0].index == batch[-1].index
                 and self.incoming_requests[0].begin == batch[-1].begin + batch[-1].length
-                and sum(r.length for r in batch) < MAX_READ
+                and total < MAX_READ
             ):
                 batch.append(self.incoming_requests.popleft())
+                total += batch[-1].length
             first = batch[0]
-            total = sum(r.length for r in batch)
             await self.torrent.session.upload_limiter.take(total)
             data = await loop.run_in_executor(
                 self.torrent.session.executor, storage.read_block, first.index, first.begin, total
@@ -345,7 +354,7 @@ class Peer:
             for r in batch:
                 if self.closed.is_set():
                     return
-                self.send(ev.Piece(r.index, r.begin, bytes(view[pos : pos + r.length])))
+                self.send(ev.Piece(r.index, r.begin, view[pos : pos + r.length]))  # copied once, into the message
                 pos += r.length
                 self.uploaded.add(r.length)
                 self.torrent.uploaded_bytes += r.length

@@ -99,7 +99,9 @@ class Session:
         self.announce_key = secrets.randbits(32)  # BEP 7 'key': the same for the session's life
         self._http: Any = None
         self.own_addresses: set[tuple[str, int]] = set()  # found by connecting to ourselves
-        self.executor = ThreadPoolExecutor(max_workers=disk_threads or min(8, (os.cpu_count() or 1) + 2))
+        # One disk thread per core: hashing is CPU work, and every extra thread
+        # costs hand-offs and wake-ups.
+        self.executor = ThreadPoolExecutor(max_workers=disk_threads or min(8, os.cpu_count() or 1))
         self.torrents: dict[bytes, Torrent] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()

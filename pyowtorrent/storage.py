@@ -108,7 +108,7 @@ class Storage:
                 raise StorageError(f"{self.paths[s.file_index]}: cannot write: {exc.strerror or exc}") from None
         return True
 
-    def read_block(self, index: int, begin: int, length: int) -> bytes:
+    def read_block(self, index: int, begin: int, length: int) -> bytearray:
         """Read ``length`` bytes of piece ``index`` from ``begin``, for a peer.  Runs in a worker thread."""
         buf = bytearray(length)
         view = memoryview(buf)
@@ -128,7 +128,7 @@ class Storage:
                     got += n
             except OSError as exc:
                 raise StorageError(f"{self.paths[s.file_index]}: cannot read: {exc.strerror or exc}") from None
-        return bytes(buf)
+        return buf
 
     def check(
         self,

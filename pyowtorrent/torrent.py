@@ -524,7 +524,7 @@ class Torrent:
         elif not peer.outstanding:
             peer.send_interest(self._wants_from(peer))  # it may have nothing left that we want
 
-    def on_block(self, peer: Peer, block: Block, data: bytes) -> None:
+    def on_block(self, peer: Peer, block: Block, data: bytes | memoryview) -> None:
         index = block.index
         if not self.picker.wants_block(block):
             return  # a late duplicate (end-game), or a piece we have

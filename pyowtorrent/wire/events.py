@@ -95,7 +95,7 @@ class Request:
 class Piece:
     index: int
     begin: int
-    block: bytes = field(repr=False)
+    block: bytes | memoryview = field(repr=False)  # a view lets a seeder send without an extra copy
 
 
 @dataclass(frozen=True, slots=True)
