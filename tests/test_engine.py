@@ -332,3 +332,22 @@ def test_download_over_ipv6_loopback(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
+
+
+def test_one_session_runs_several_torrents(tmp_path: Path) -> None:
+    one, seed_one = make_torrent(tmp_path / "one", {"a.bin": 200_000}, seed=1)
+    two, seed_two = make_torrent(tmp_path / "two", {"b.bin": 300_000}, seed=2)
+
+    async def main() -> None:
+        async with lo_session() as seeder, lo_session() as leecher:
+            await seeder.add_torrent(one, seed_one)
+            await seeder.add_torrent(two, seed_two)
+            peers = [("127.0.0.1", seeder.listen_port)]
+            t1 = await leecher.add_torrent(one, tmp_path / "out", peers=peers)
+            t2 = await leecher.add_torrent(two, tmp_path / "out2", peers=peers)
+            await asyncio.gather(t1.wait_done(timeout=30), t2.wait_done(timeout=30))
+            assert set(leecher.torrents) == {one.info_hash, two.info_hash}
+
+    asyncio.run(main())
+    assert same_tree(seed_one / "ds", tmp_path / "out" / "ds")
+    assert same_tree(seed_two / "ds", tmp_path / "out2" / "ds")

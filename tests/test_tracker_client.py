@@ -174,3 +174,56 @@ def test_started_completed_and_stopped_reach_the_tracker(tmp_path: Path) -> None
                 assert len(tracker.peers(meta.info_hash)) == 1
 
     asyncio.run(main())
+
+
+def test_http_redirects_and_gzip_are_followed(tmp_path: Path) -> None:
+    """A tracker behind a redirect, answering gzip-compressed, still gives its peers."""
+    from pyowtorrent.tracker.client import HttpTracker
+
+    async def main() -> None:
+        async with Tracker() as real:
+            async def moved(request: web.Request) -> web.Response:
+                target = real.announce_url("127.0.0.1") + "?" + request.query_string
+                raise web.HTTPFound(target)
+
+            async def gzipped(request: web.Request) -> web.Response:
+                resp = web.Response(body=b"d8:intervali900e5:peers6:\x7f\x00\x00\x01\x1a\xe1e")
+                resp.enable_compression(web.ContentCoding.gzip)
+                return resp
+
+            app = web.Application()
+            app.router.add_get("/old/announce", moved)
+            app.router.add_get("/gz/announce", gzipped)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            import aiohttp
+
+            try:
+                async with aiohttp.ClientSession() as http:
+                    req = _request()
+                    first = await HttpTracker(f"http://127.0.0.1:{port}/old/announce", http).announce(req)
+                    assert first.interval >= 30 and first.peers == []  # the real tracker answered
+                    assert len(real.peers(req.info_hash)) == 1
+                    zipped = await HttpTracker(f"http://127.0.0.1:{port}/gz/announce", http).announce(req)
+                    assert zipped.interval == 900 and zipped.peers == [("127.0.0.1", 6881)]
+            finally:
+                await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_udp_connection_id_is_reused_within_its_lifetime() -> None:
+    async def main() -> None:
+        transport, proto, port = await _udp_tracker("ok")
+        try:
+            client = UdpTracker(f"udp://127.0.0.1:{port}/announce", retransmit_base=0.5)
+            await client.announce(_request())
+            await client.announce(_request())
+            assert proto.requests == 3  # connect, announce, announce: no second connect
+        finally:
+            transport.close()
+
+    asyncio.run(main())
