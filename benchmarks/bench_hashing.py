@@ -1,0 +1,448 @@
+"""Throughput and memory benchmark for pyowtorrent's SHA-1 piece hashing.
+
+One run generates a payload, then measures, on a warm page cache:
+
+* ``sha1 in memory, 1 thread``: ``hashlib.sha1`` over an in-memory buffer on
+  one core, the baseline every other figure is divided by;
+* ``sha1 in memory, N threads``: the same buffer split over N threads, the
+  ceiling this machine allows for any threaded hasher;
+* ``naive read+sha1, 1 thread``: a plain read-then-hash loop over the files,
+  which also gives the reference digests the library's output must match;
+* ``create_torrent`` and ``verify_payload``, in process;
+* ``python -m pyowtorrent.verify``: the whole process, interpreter start-up
+  included, with its peak RSS.
+
+Run ``python benchmarks/bench_hashing.py --help`` for the options; see
+``benchmarks/README.md`` for how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Run against this checkout whether or not pyowtorrent is installed.
+sys.path.insert(0, str(REPO))
+
+from pyowtorrent.create import auto_piece_length, create_torrent  # noqa: E402
+from pyowtorrent.hashing import default_threads, verify_payload  # noqa: E402
+from pyowtorrent.metainfo import Metainfo  # noqa: E402
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+# Random data is made once and reused: os.urandom for every byte of a 2 GiB
+# payload would take longer than the measurements themselves.
+BLOCK = 16 * MiB
+# A stamp every 16 KiB (the smallest legal piece) makes every piece of the
+# payload different, so a hasher that mixed up pieces could not pass.
+STAMP_EVERY = 16 * KiB
+BASELINE_BUFFER = 256 * MiB
+BASELINE_SLICE = 1 * MiB
+CLEARED = "DATA INTEGRITY CLEARED!"
+# The issue's goal for the whole verify process on a 2 GiB warm-cache file.
+TARGET_RATIO = 1.6
+TARGET_RSS_MIB = 100
+
+# The verify child is started by this wrapper so that RUSAGE_CHILDREN covers
+# the verify process alone, not the benchmark (whose 256 MiB baseline buffer
+# would otherwise dominate) nor earlier children.
+_RSS_WRAPPER = textwrap.dedent(
+    """
+    import json, resource, subprocess, sys, time
+    t0 = time.perf_counter()
+    p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru.ru_utime + ru.ru_stime
+    res = {"rc": p.returncode, "wall": wall, "cpu": cpu, "maxrss": ru.ru_maxrss}
+    print(json.dumps({**res, "out": p.stdout, "err": p.stderr}))
+    """
+)
+
+
+# ---------------------------------------------------------------------------
+# Payload
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"``, ``"512MiB"``, ``"2G"``, ``"1000000"`` → bytes (K/M/G are binary too)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    scale = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}[m.group(2).lower()]
+    size = int(float(m.group(1)) * scale)
+    if size <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return size
+
+
+def file_sizes(total: int, count: int) -> list[int]:
+    """``count`` file sizes summing to ``total``: two small files, then growing big ones.
+
+    No boundary between files is a multiple of 16 KiB, so with any piece
+    length every boundary falls inside a piece, which is then read from two
+    (or, around the small files, three) files.
+    """
+    sizes = [s for s in (4_099, 300_007) if s * 8 < total][: max(0, count - 1)]
+    rest = total - sum(sizes)
+    weights = list(range(1, count - len(sizes) + 1))
+    for w in weights[:-1]:
+        size = rest * w // sum(weights)
+        if (sum(sizes) + size) % STAMP_EVERY == 0:
+            size -= 1
+        sizes.append(size)
+    sizes.append(total - sum(sizes))
+    return sizes
+
+
+def write_file(path: Path, size: int, block: bytes, file_index: int) -> None:
+    buf = bytearray(block)
+    done = 0
+    with open(path, "wb") as f:
+        while done < size:
+            n = min(BLOCK, size - done)
+            for off in range(0, n, STAMP_EVERY):
+                buf[off : off + 16] = struct.pack("<QQ", file_index, done + off)
+            f.write(memoryview(buf)[:n])
+            done += n
+
+
+def make_payload(root: Path, total: int, count: int, single: bool) -> Path:
+    """Write the payload under ``root``; returns the file (single) or directory (multi)."""
+    block = os.urandom(BLOCK)
+    if single:
+        path = root / "bench_payload.bin"
+        write_file(path, total, block, 0)
+        return path
+    top = root / "bench_payload"
+    top.mkdir()
+    for i, size in enumerate(file_sizes(total, count)):
+        write_file(top / f"f{i:02d}_{human(size).replace(' ', '')}.bin", size, block, i)
+    return top
+
+
+def payload_files(payload: Path) -> list[Path]:
+    """The payload's files in the order a torrent of it lists them."""
+    if payload.is_file():
+        return [payload]
+    return sorted(p for p in payload.rglob("*") if p.is_file())
+
+
+def read_all(files: Sequence[Path]) -> int:
+    buf = bytearray(4 * MiB)
+    view = memoryview(buf)
+    total = 0
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    return total
+
+
+# ---------------------------------------------------------------------------
+# Measurements
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float  # the best run's wall time
+    cpu: float  # CPU seconds (user + system, all threads) of that run
+    nbytes: int
+    runs: list[float] = field(default_factory=list)
+    note: str = ""
+    rss_mib: float | None = None
+
+    @property
+    def mb_s(self) -> float:
+        return self.nbytes / self.seconds / 1e6
+
+
+def cpu_time() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def best_of(name: str, nbytes: int, repeat: int, func: Callable[[], object], note: str = "") -> Row:
+    walls, cpus = [], []
+    for _ in range(repeat):
+        c0, t0 = cpu_time(), time.perf_counter()
+        func()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(cpu_time() - c0)
+    best = walls.index(min(walls))
+    return Row(name, walls[best], cpus[best], nbytes, walls, note)
+
+
+def merge(a: Row, b: Row) -> Row:
+    """``a`` with ``b``'s runs added: the same measurement taken twice."""
+    best = a if a.seconds <= b.seconds else b
+    return Row(a.name, best.seconds, best.cpu, a.nbytes, a.runs + b.runs, a.note, a.rss_mib)
+
+
+def sha1_slices(view: memoryview, first: int, last: int) -> None:
+    sha1 = hashlib.sha1
+    for off in range(first, last, BASELINE_SLICE):
+        sha1(view[off : off + BASELINE_SLICE]).digest()
+
+
+def sha1_threaded(view: memoryview, threads: int) -> None:
+    slices = len(view) // BASELINE_SLICE
+    bounds = [slices * i // threads * BASELINE_SLICE for i in range(threads + 1)]
+    workers = [
+        threading.Thread(target=sha1_slices, args=(view, bounds[i], bounds[i + 1])) for i in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def naive_digests(files: Sequence[Path], piece_length: int) -> bytes:
+    """Piece digests from the simplest possible loop: the reference for correctness."""
+    out = bytearray()
+    h = hashlib.sha1()
+    filled = 0
+    buf = bytearray(min(piece_length, 4 * MiB))
+    view = memoryview(buf)
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while n := f.readinto(view[: min(len(buf), piece_length - filled)]):
+                h.update(view[:n])
+                filled += n
+                if filled == piece_length:
+                    out += h.digest()
+                    h = hashlib.sha1()
+                    filled = 0
+    if filled:
+        out += h.digest()
+    return bytes(out)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass
+class ChildRun:
+    rc: int
+    wall: float  # seconds, spawn to exit
+    cpu: float  # user + system seconds
+    maxrss: int  # bytes
+    out: str
+    err: str
+
+
+def run_measured(cmd: Sequence[str]) -> ChildRun:
+    """Run ``cmd`` under the RSS wrapper."""
+    p = subprocess.run(
+        [sys.executable, "-c", _RSS_WRAPPER, *cmd], stdout=subprocess.PIPE, text=True, env=child_env(), check=True
+    )
+    res = json.loads(p.stdout)
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    scale = 1 if platform.system() == "Darwin" else KiB
+    return ChildRun(
+        int(res["rc"]), float(res["wall"]), float(res["cpu"]), int(res["maxrss"]) * scale, res["out"], res["err"]
+    )
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+
+def human(n: int) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
+    return f"{n} B"
+
+
+def table(rows: Sequence[Row], baseline: float) -> str:
+    lines = [f"{'measurement':<32} {'MB/s':>6} {'× base':>7} {'best s':>7} {'CPU s':>6} {'peak RSS':>9}  runs (s)"]
+    lines.append("-" * len(lines[0]))
+    for r in rows:
+        rss = f"{r.rss_mib:6.1f} MiB" if r.rss_mib is not None else ""
+        runs = " ".join(f"{t:.3f}" for t in r.runs)
+        lines.append(
+            f"{r.name:<32} {r.mb_s:6.0f} {r.mb_s / baseline:6.2f}× {r.seconds:7.3f} {r.cpu:6.3f} {rss:>9}  {runs}"
+            + (f"  {r.note}" if r.note else "")
+        )
+    return "\n".join(lines)
+
+
+def contention_warnings(rows: Sequence[Row], threads: int) -> list[str]:
+    """Signs in the in-memory rows that other work took CPU time from this run."""
+    out = []
+    base = rows[0]
+    if base.cpu < 0.95 * base.seconds:
+        out.append(f"the baseline's best run got {base.cpu / base.seconds:.0%} of a core; every ratio is inflated")
+    cores = min(threads, os.cpu_count() or 1)
+    if threads > 1 and rows[1].mb_s < 0.9 * cores * base.mb_s:
+        out.append(
+            f"in-memory sha1 on {threads} threads reached {rows[1].mb_s / base.mb_s:.2f}×, not ~{cores}×:"
+            " the CPUs were not free, so the threaded rows are understated"
+        )
+    return out
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=parse_size, default=GiB, help="payload size, e.g. 1GiB, 512MiB (default 1GiB)")
+    p.add_argument("--files", type=int, default=6, help="files in a multi-file payload (default 6)")
+    p.add_argument("--single-file", action="store_true", help="one file instead of a directory")
+    p.add_argument("--dir", type=Path, default=None, help="where to make the temporary payload (default: $TMPDIR)")
+    p.add_argument("--keep", action="store_true", help="leave the payload and .torrent behind")
+    p.add_argument("--piece-length", type=parse_size, default=None, help="default: what create_torrent picks")
+    p.add_argument("--threads", type=int, default=None, help="hashing threads (default: the library's default)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept (default 3)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.files < 1 or args.repeat < 1 or (args.threads is not None and args.threads < 1):
+        raise SystemExit("--files, --repeat and --threads must be at least 1")
+    threads = args.threads or default_threads()
+    piece_length = args.piece_length or auto_piece_length(args.size)
+    root = Path(tempfile.mkdtemp(prefix="pyowtorrent-bench-", dir=args.dir))
+    try:
+        return run(args, root, threads, piece_length)
+    finally:
+        if args.keep:
+            log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, root: Path, threads: int, piece_length: int) -> int:
+    size, repeat = args.size, args.repeat
+    log(f"writing {human(size)} ({'one file' if args.single_file else f'{args.files} files'}) to {root}")
+    t0 = time.perf_counter()
+    payload = make_payload(root, size, args.files, args.single_file)
+    files = payload_files(payload)
+    # Flush the dirty pages now, so write-back does not compete with the timed runs.
+    os.sync()
+    log(f"written and synced in {time.perf_counter() - t0:.1f} s; warming the page cache")
+    if read_all(files) != size:
+        raise SystemExit("payload has the wrong size")
+
+    rows: list[Row] = []
+    view = memoryview(os.urandom(BLOCK) * (BASELINE_BUFFER // BLOCK))
+    baseline = lambda: sha1_slices(view, 0, len(view))  # noqa: E731
+    rows.append(best_of("sha1 in memory, 1 thread", len(view), repeat, baseline))
+    if threads > 1:
+        name = f"sha1 in memory, {threads} threads"
+        rows.append(best_of(name, len(view), repeat, lambda: sha1_threaded(view, threads), "ceiling"))
+
+    log("naive reference hash")
+    reference: list[bytes] = []
+    naive = lambda: reference.append(naive_digests(files, piece_length))  # noqa: E731
+    rows.append(best_of("naive read+sha1, 1 thread", size, repeat, naive))
+
+    log("create_torrent")
+    made: list[Metainfo] = []
+    create = lambda: made.append(  # noqa: E731
+        create_torrent(payload, piece_length=piece_length, creation_date=None, threads=args.threads)
+    )
+    rows.append(best_of("create_torrent", size, repeat, create))
+    meta = made[-1]
+    if meta.piece_hashes != reference[-1] or any(m.info_hash != meta.info_hash for m in made):
+        raise SystemExit("create_torrent's piece hashes differ from the reference: the results would mean nothing")
+    torrent = root / "bench.torrent"
+    torrent.write_bytes(meta.to_bytes())
+
+    log("verify_payload")
+    oks: list[bool] = []
+    verify = lambda: oks.append(verify_payload(meta, payload, threads=args.threads).ok)  # noqa: E731
+    rows.append(best_of("verify_payload (in process)", size, repeat, verify))
+    if not all(oks):
+        raise SystemExit("verify_payload reported failures on an intact payload")
+
+    log("python -m pyowtorrent.verify")
+    cmd = [sys.executable, "-m", "pyowtorrent.verify", str(torrent), str(payload)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    children = [run_measured(cmd) for _ in range(repeat)]
+    for c in children:
+        if c.rc != 0 or CLEARED not in c.out:
+            raise SystemExit(f"verify child failed: rc={c.rc}\n{c.out}{c.err}")
+    walls = [c.wall for c in children]
+    best = children[walls.index(min(walls))]
+    peak = max(c.maxrss for c in children) / MiB
+    rows.append(Row("python -m pyowtorrent.verify", best.wall, best.cpu, size, walls, "whole process", peak))
+    startup = min(run_measured([sys.executable, "-c", "import pyowtorrent.verify"]).wall for _ in range(repeat))
+    # Measured again at the end: a baseline run slowed by other work would
+    # inflate every ratio, and the load may have changed since the start.
+    rows[0] = base = merge(rows[0], best_of("", len(view), repeat, baseline))
+
+    whole = rows[-1]
+    setup = {
+        "payload": f"{human(size)} in {len(files)} file{'s' * (len(files) > 1)}",
+        "piece_length": piece_length,
+        "num_pieces": meta.num_pieces,
+        "threads": threads,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "openssl": __import__("ssl").OPENSSL_VERSION,
+        "verify_startup_s": startup,
+        # Other work on a shared machine skews every figure; this says how much there was.
+        "loadavg_1min": os.getloadavg()[0],
+        "target_met": whole.mb_s / base.mb_s >= TARGET_RATIO and (whole.rss_mib or 0) < TARGET_RSS_MIB,
+        "warnings": contention_warnings(rows, threads),
+    }
+    if args.json:
+        doc = {"setup": setup, "baseline_mb_s": base.mb_s}
+        doc["rows"] = [{**asdict(r), "mb_s": r.mb_s, "ratio": r.mb_s / base.mb_s} for r in rows]
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(
+        f"payload {setup['payload']}, piece length {human(piece_length)} ({meta.num_pieces} pieces), "
+        f"{threads} hashing thread{'s' * (threads > 1)}, {os.cpu_count()} CPUs, "
+        f"Python {setup['python']}, {setup['openssl']}"
+    )
+    print(f"MB = 10^6 bytes; × base = throughput / single-core in-memory sha1; best of {repeat}")
+    print(table(rows, base.mb_s))
+    print(f"verify child start-up (python -c 'import pyowtorrent.verify'): {startup * 1000:.0f} ms")
+    print(
+        f"target (whole process, 2 GiB single file): ≥ {TARGET_RATIO:.2f}× and < {TARGET_RSS_MIB} MiB; "
+        f"this run {whole.mb_s / base.mb_s:.2f}× and {whole.rss_mib:.1f} MiB: "
+        f"{'met' if setup['target_met'] else 'NOT met'}"
+        + ("" if args.single_file and size == 2 * GiB else " (not the target's payload)")
+    )
+    print(f"1-minute load average at the end: {setup['loadavg_1min']:.2f} on {os.cpu_count()} CPUs")
+    for warning in contention_warnings(rows, threads):
+        print(f"WARNING: {warning}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
