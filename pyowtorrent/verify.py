@@ -9,7 +9,6 @@ needs, so it starts fast.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Callable, Sequence, TextIO
@@ -71,6 +70,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if args.json:
+        import json
+
         doc = {"torrent": os.fspath(args.torrent), "payload": os.fspath(args.payload), "name": meta.name}
         doc["info_hash"] = meta.info_hash.hex()
         doc.update(report.as_dict())
