@@ -6,6 +6,7 @@ import asyncio
 import enum
 import hashlib
 import logging
+import mmap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ RESUME_SAVE_INTERVAL = 30.0
 # A peer proven to have sent a bad block (smart ban), or that was the only
 # source of this many pieces that failed their hash, is banned.
 MAX_SOLE_HASH_FAILURES = 2
+# At most this much memory in receive buffers kept for reuse.
+SPARE_BUFFER_BYTES = 64 << 20
 
 
 class TorrentState(str, enum.Enum):
@@ -108,7 +111,10 @@ class Torrent:
         self.downloaded_bytes = 0
         self.download_meter = RateMeter()
         self.upload_meter = RateMeter()
-        self._buffers: dict[int, bytearray] = {}
+        # Receive buffers, one per piece in flight, reused: page-aligned
+        # (the kernel copies to disk from them faster) and already faulted in.
+        self._buffers: dict[int, memoryview] = {}
+        self._spare_buffers: list[mmap.mmap] = []
         self._contributors: dict[int, dict[int, str]] = {}  # piece -> block offset -> ip
         self._failed_blocks: dict[int, list[tuple[int, bytes, str]]] = {}  # smart ban evidence
         self._sole_failures: dict[str, int] = {}
@@ -532,7 +538,7 @@ class Torrent:
         self.download_meter.add(len(data))
         buf = self._buffers.get(index)
         if buf is None:
-            buf = self._buffers[index] = bytearray(self.meta.layout.piece_size(index))
+            buf = self._buffers[index] = self._take_buffer(index)
         buf[block.begin : block.begin + len(data)] = data
         self._contributors.setdefault(index, {})[block.begin] = peer.address[0]
         complete, others = self.picker.on_block_received(peer, block)
@@ -545,8 +551,24 @@ class Torrent:
             job.add_done_callback(self._piece_jobs.discard)
             job.add_done_callback(self._task_done)
 
+    def _take_buffer(self, index: int) -> memoryview:
+        spare = self._spare_buffers.pop() if self._spare_buffers else mmap.mmap(-1, self.meta.piece_length)
+        return memoryview(spare)[: self.meta.layout.piece_size(index)]
+
+    def _give_back(self, buf: memoryview) -> None:
+        spare = buf.obj
+        buf.release()
+        if isinstance(spare, mmap.mmap) and len(self._spare_buffers) * self.meta.piece_length < SPARE_BUFFER_BYTES:
+            self._spare_buffers.append(spare)
+
     async def _finish_piece(self, index: int) -> None:
         buf = self._buffers.pop(index)
+        try:
+            await self._check_and_save(index, buf)
+        finally:
+            self._give_back(buf)
+
+    async def _check_and_save(self, index: int, buf: memoryview) -> None:
         contributors = self._contributors.pop(index, {})
         loop = asyncio.get_running_loop()
         try:
@@ -579,9 +601,9 @@ class Torrent:
             for p in list(self.peers.values()):
                 self.fill_requests(p)
 
-    def _record_failure(self, index: int, buf: bytearray, contributors: dict[int, str]) -> None:
+    def _record_failure(self, index: int, view: memoryview, contributors: dict[int, str]) -> None:
         """Keep each block's hash and sender, to find the liar once the piece passes (smart ban)."""
-        view = memoryview(buf)
+        buf = view
         evidence = self._failed_blocks.setdefault(index, [])
         for begin, ip in contributors.items():
             length = min(16384, len(buf) - begin)
@@ -593,11 +615,11 @@ class Torrent:
             if self._sole_failures[ip] >= MAX_SOLE_HASH_FAILURES:
                 self._ban(ip, f"sent {self._sole_failures[ip]} pieces that failed their hash check")
 
-    def _smart_ban(self, index: int, good: bytearray) -> None:
+    def _smart_ban(self, index: int, good: memoryview) -> None:
         evidence = self._failed_blocks.pop(index, None)
         if not evidence:
             return
-        view = memoryview(good)
+        view = good
         for begin, digest, ip in evidence:
             length = min(16384, len(good) - begin)
             if hashlib.sha1(view[begin : begin + length]).digest() != digest:
