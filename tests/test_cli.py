@@ -106,33 +106,41 @@ def test_verify_imports_only_what_it_needs(dataset: tuple[Path, Path]) -> None:
     assert heavy == []
 
 
-def test_verify_shows_a_progress_bar_on_a_terminal(dataset: tuple[Path, Path]) -> None:
-    torrent, root = dataset
+def run_on_terminal(*args: str) -> tuple[int, bytes, str]:
+    """Run ``python ARGS`` with stderr on a pseudo-terminal 100 columns wide: (rc, stdout, what the terminal got)."""
+    import threading
+
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pyowtorrent.verify", str(torrent), str(root)],
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            env=ENV,
-        )
-        os.close(slave)
-        out, _ = proc.communicate(timeout=120)
-        chunks = []
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read as it comes, so a chatty child never blocks on a full terminal
         while True:
             try:
                 data = os.read(master, 65536)
             except OSError:  # the terminal's far side closed
-                break
+                return
             if not data:
-                break
+                return
             chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=slave, env=ENV)
+        os.close(slave)
+        out, _ = proc.communicate(timeout=120)
     finally:
+        reader.join(timeout=30)
         os.close(master)
-    assert proc.returncode == 0 and b"DATA INTEGRITY CLEARED!" in out
-    bar = b"".join(chunks).decode(errors="replace")
-    assert "verifying" in bar and "100%" in bar and "B/s" in bar
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_verify_shows_a_progress_bar_on_a_terminal(dataset: tuple[Path, Path]) -> None:
+    torrent, root = dataset
+    rc, out, terminal = run_on_terminal("-m", "pyowtorrent.verify", str(torrent), str(root))
+    assert rc == 0 and b"DATA INTEGRITY CLEARED!" in out
+    assert "verifying" in terminal and "100%" in terminal and "B/s" in terminal
 
 
 def test_create_info_verify_round_trip(tmp_path: Path) -> None:

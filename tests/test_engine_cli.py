@@ -151,3 +151,23 @@ def test_disk_full_is_a_clear_error_and_no_piece_is_reported_done_beyond_it(tmp_
     statuses = [json.loads(line) for line in r.stdout.splitlines() if '"status"' in line]
     assert statuses and statuses[-1]["state"] == "error"
     assert statuses[-1]["pieces"] * 65536 <= 1_000_000  # nothing past the failure counted as had
+
+
+def test_download_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    from .test_cli import run_on_terminal
+
+    meta, seed_dir = make_torrent(tmp_path, {"a.bin": 300_000})
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    seed, port = seeder(torrent, seed_dir)
+    try:
+        rc, out, terminal = run_on_terminal(
+            "-m", "pyowtorrent", "download", str(torrent), "-o", str(tmp_path / "out"),
+            "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1", "--timeout", "60",
+        )
+    finally:
+        stop(seed)
+    assert rc == 0, terminal
+    assert b"listening on 127.0.0.1:" in out and b"done: ds verified on disk" in out
+    assert "100%" in terminal and "peers=" in terminal and "Traceback" not in terminal
+    assert same_tree(seed_dir / "ds", tmp_path / "out" / "ds")
