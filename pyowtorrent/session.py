@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Session"]
 
+# Incoming connections allowed to be waiting for their handshake at once.
+MAX_PENDING_HANDSHAKES = 64
+
 
 class RateLimiter:
     """A token bucket shared by every peer of the session; 0 bytes/s means no limit."""
@@ -99,6 +102,7 @@ class Session:
         self.announce_key = secrets.randbits(32)  # BEP 7 'key': the same for the session's life
         self._http: Any = None
         self.own_addresses: set[tuple[str, int]] = set()  # found by connecting to ourselves
+        self._handshaking = 0
         # One disk thread per core: hashing is CPU work, and every extra thread
         # costs hand-offs and wake-ups.
         self.executor = ThreadPoolExecutor(max_workers=disk_threads or min(8, os.cpu_count() or 1))
@@ -196,12 +200,18 @@ class Session:
         return sum(len(t.peers) for t in self.torrents.values()) < self.max_connections
 
     async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._handshaking >= MAX_PENDING_HANDSHAKES:
+            writer.close()  # a flood of silent connections must not use up our file descriptors
+            return
+        self._handshaking += 1
         try:
             data = await asyncio.wait_for(_read_handshake(reader), HANDSHAKE_TIMEOUT)
             hs = parse_handshake(data)
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError):
             writer.close()
             return
+        finally:
+            self._handshaking -= 1
         torrent = self.torrents.get(hs.info_hash) if hs is not None else None
         if torrent is None or not self.can_connect():
             writer.close()

@@ -36,6 +36,9 @@ RESUME_SAVE_INTERVAL = 30.0
 # A peer proven to have sent a bad block (smart ban), or that was the only
 # source of this many pieces that failed their hash, is banned.
 MAX_SOLE_HASH_FAILURES = 2
+# Bounds on what peers and trackers can make a torrent remember.
+MAX_KNOWN_PEERS = 2000
+MAX_EVIDENCE_PIECES = 256
 # At most this much memory in receive buffers kept for reuse.
 SPARE_BUFFER_BYTES = 64 << 20
 
@@ -355,6 +358,12 @@ class Torrent:
             raise ValueError(f"bad port {port}")
         if (host, port) in self.session.own_addresses:
             return
+        if len(self.known_peers) >= MAX_KNOWN_PEERS and (host, port) not in self.known_peers:
+            # Forget the peer least likely to be useful: the one waiting longest to be retried.
+            worst = max(self.known_peers, key=lambda a: (a not in self.peers, self.known_peers[a]))
+            if worst in self.peers:
+                return
+            del self.known_peers[worst]
         self.known_peers.setdefault((host, port), 0.0)
         if self.state in (TorrentState.DOWNLOADING, TorrentState.SEEDING):
             self._connect_more()
@@ -601,13 +610,14 @@ class Torrent:
             for p in list(self.peers.values()):
                 self.fill_requests(p)
 
-    def _record_failure(self, index: int, view: memoryview, contributors: dict[int, str]) -> None:
+    def _record_failure(self, index: int, buf: memoryview, contributors: dict[int, str]) -> None:
         """Keep each block's hash and sender, to find the liar once the piece passes (smart ban)."""
-        buf = view
+        if index not in self._failed_blocks and len(self._failed_blocks) >= MAX_EVIDENCE_PIECES:
+            self._failed_blocks.pop(next(iter(self._failed_blocks)))  # the oldest evidence goes first
         evidence = self._failed_blocks.setdefault(index, [])
         for begin, ip in contributors.items():
             length = min(16384, len(buf) - begin)
-            evidence.append((begin, hashlib.sha1(view[begin : begin + length]).digest(), ip))
+            evidence.append((begin, hashlib.sha1(buf[begin : begin + length]).digest(), ip))
         senders = set(contributors.values())
         if len(senders) == 1:
             (ip,) = senders
@@ -619,10 +629,9 @@ class Torrent:
         evidence = self._failed_blocks.pop(index, None)
         if not evidence:
             return
-        view = good
         for begin, digest, ip in evidence:
             length = min(16384, len(good) - begin)
-            if hashlib.sha1(view[begin : begin + length]).digest() != digest:
+            if hashlib.sha1(good[begin : begin + length]).digest() != digest:
                 self._ban(ip, f"sent a corrupt block of piece {index}")
 
     # -- housekeeping ---------------------------------------------------------------
