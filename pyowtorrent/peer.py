@@ -91,7 +91,6 @@ class Peer:
         self.have = bytearray(torrent.meta.num_pieces)
         self.num_have = 0
         self.is_seed = False
-        self.allowed_fast: set[int] = set()
         self.outstanding: dict[Block, float] = {}
         self.queue_target = START_QUEUE
         self.max_queue = MAX_QUEUE
@@ -151,11 +150,11 @@ class Peer:
             return
         self.send(ev.Choke() if choke else ev.Unchoke())
         if choke:
-            # BEP 6: a choke rejects whatever the peer had asked for.
+            # BEP 6: a choke rejects whatever the peer had asked for (we grant no
+            # allowed-fast pieces, so nothing is exempt).
             if self.fast:
                 for r in self.incoming_requests:
-                    if r.index not in self.torrent.allowed_fast_for(self):
-                        self.send(ev.Reject(r.index, r.begin, r.length))
+                    self.send(ev.Reject(r.index, r.begin, r.length))
             self.incoming_requests.clear()
         else:
             self._serve_wakeup.set()
@@ -246,8 +245,6 @@ class Peer:
                 if self.outstanding.pop(block, None) is not None:
                     t.picker.on_request_failed(self, block)
                     t.fill_requests(self)
-            elif kind is ev.AllowedFast:
-                self.allowed_fast.add(e.index)
             elif kind is ev.Handshake:
                 self.peer_id = e.peer_id
             elif kind is ev.ExtensionHandshake:
@@ -255,7 +252,7 @@ class Peer:
                     self.max_queue = max(MIN_QUEUE, min(MAX_QUEUE, e.reqq))
                 if e.v:
                     self.client = e.v[:64]
-            # KeepAlive, Port, Suggest, Extended: nothing to do yet.
+            # KeepAlive, Port, Suggest, AllowedFast, Extended: nothing to do yet.
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
             t.fill_requests(self)
@@ -276,8 +273,7 @@ class Peer:
         self._refill = True
 
     def _on_request(self, e: ev.Request) -> None:
-        allowed = e.index in self.torrent.allowed_fast_for(self)
-        if (self.am_choking and not allowed) or not self.torrent.have_piece(e.index):
+        if self.am_choking or not self.torrent.have_piece(e.index):
             if self.fast:
                 self.send(ev.Reject(e.index, e.begin, e.length))
             return

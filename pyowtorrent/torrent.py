@@ -31,7 +31,6 @@ CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
 KEEPALIVE_INTERVAL = 90.0
 IDLE_TIMEOUT = 180.0
-RECHOKE_INTERVAL = 10.0
 RESUME_SAVE_INTERVAL = 30.0
 # A peer proven to have sent a bad block (smart ban), or that was the only
 # source of this many pieces that failed their hash, is banned.
@@ -130,8 +129,6 @@ class Torrent:
         self._errored = asyncio.Event()
         self._resume_dirty = False
         self._checked = 0
-        self._next_rechoke = 0.0
-        self._connecting = 0
         self._pending: set[tuple[str, int]] = set()
         self.priorities = list(self._piece_priorities(file_priorities))
         layout = meta.layout
@@ -168,9 +165,6 @@ class Torrent:
 
     def have_piece(self, index: int) -> bool:
         return self.picker.has(index)
-
-    def allowed_fast_for(self, peer: Peer) -> frozenset[int]:
-        return frozenset()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -371,7 +365,7 @@ class Torrent:
     def _connect_more(self) -> None:
         now = time.monotonic()
         for addr, not_before in list(self.known_peers.items()):
-            if len(self.peers) + self._connecting >= self.session.max_connections_per_torrent:
+            if len(self.peers) + len(self._pending) >= self.session.max_connections_per_torrent:
                 return
             if not self.session.can_connect():
                 return
@@ -381,24 +375,22 @@ class Torrent:
             self._spawn(self._connect(addr), f"connect {addr}")
 
     async def _connect(self, addr: tuple[str, int]) -> None:
-        self._connecting += 1
         writer = None
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), CONNECT_TIMEOUT)
             conn = self._new_connection()
             writer.write(conn.handshake_bytes())
             data = await asyncio.wait_for(_read_handshake(reader), HANDSHAKE_TIMEOUT)
-            self._connecting -= 1
-            self._pending.discard(addr)
-            self._attach(reader, writer, conn, addr, data, outgoing=True)
-            return
         except (OSError, asyncio.TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
             log.debug("%s: connecting to %s failed: %r", self.meta.name, addr, exc)
             self.known_peers[addr] = time.monotonic() + self.session.reconnect_delay
             if writer is not None:
                 writer.close()
-        self._connecting -= 1
-        self._pending.discard(addr)
+            return
+        finally:
+            # Also when a pause cancels the attempt: the address must stay dialable.
+            self._pending.discard(addr)
+        self._attach(reader, writer, conn, addr, data, outgoing=True)
 
     def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> None:
         """An incoming connection whose handshake named this torrent (``data``: the bytes read so far)."""
@@ -653,7 +645,6 @@ class Torrent:
         decision = self.choker.rechoke(now, stats, self._done.is_set())
         for p in list(self.peers.values()):
             p.set_choking(p.address not in decision.unchoke)
-        self._next_rechoke = now + RECHOKE_INTERVAL
 
     async def _tick(self) -> None:
         next_resume = time.monotonic() + RESUME_SAVE_INTERVAL
@@ -665,7 +656,7 @@ class Torrent:
                     p.send(ev.KeepAlive())
                 if now - p.last_received > IDLE_TIMEOUT:
                     self._spawn_detached(p.close("idle"))
-            if now >= self._next_rechoke:
+            if now >= self.choker.next_rechoke():
                 self._rechoke()
             if now >= next_resume:
                 self._save_resume()
