@@ -16,9 +16,8 @@ import mmap
 import os
 import queue
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from .layout import FileEntry, Layout
 from .metainfo import Metainfo, load_metainfo
@@ -51,12 +50,14 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 16))
 
 
-@dataclass
 class PieceHashes:
     """The SHA-1 of every piece, and the pieces that could not be read whole."""
 
-    digests: bytearray
-    unreadable: dict[int, str] = field(default_factory=dict)
+    __slots__ = ("digests", "unreadable")
+
+    def __init__(self, digests: bytearray, unreadable: dict[int, str] | None = None) -> None:
+        self.digests = digests
+        self.unreadable: dict[int, str] = {} if unreadable is None else unreadable
 
     def digest(self, index: int) -> bytes:
         return bytes(self.digests[20 * index : 20 * index + 20])
@@ -289,8 +290,10 @@ def _hash_run(reader: _Reader, first: int, last: int, result: PieceHashes) -> No
 # Verification against a metainfo
 
 
-@dataclass(frozen=True)
-class FileProblem:
+# Records without dataclasses: see layout.py (the verify command's start-up).
+
+
+class FileProblem(NamedTuple):
     """A payload file that is not there, or is shorter than the torrent says."""
 
     file_index: int
@@ -305,23 +308,55 @@ class FileProblem:
         return f"{self.path}: {self.kind}"
 
 
-@dataclass(frozen=True)
 class PieceFailure:
     """A piece that failed, and the file byte ranges ``(path, start, end)`` it covers."""
 
-    index: int
-    reason: str
-    spans: tuple[tuple[str, int, int], ...]
+    # Not a NamedTuple: its field ``index`` would shadow tuple.index.
+    __slots__ = ("index", "reason", "spans")
+
+    def __init__(self, index: int, reason: str, spans: tuple[tuple[str, int, int], ...]) -> None:
+        self.index = index
+        self.reason = reason
+        self.spans = spans
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PieceFailure):
+            return NotImplemented
+        return (self.index, self.reason, self.spans) == (other.index, other.reason, other.spans)
+
+    def __hash__(self) -> int:
+        return hash((self.index, self.reason, self.spans))
+
+    def __repr__(self) -> str:
+        return f"PieceFailure(index={self.index}, reason={self.reason!r}, spans={self.spans!r})"
 
 
-@dataclass
 class VerifyReport:
-    num_pieces: int
-    piece_length: int
-    total_length: int
-    passed: bytearray  # 1 per good piece, 0 per failed one
-    failures: list[PieceFailure]
-    file_problems: list[FileProblem]
+    """The outcome of :func:`verify_payload`."""
+
+    __slots__ = ("num_pieces", "piece_length", "total_length", "passed", "failures", "file_problems")
+
+    def __init__(
+        self,
+        num_pieces: int,
+        piece_length: int,
+        total_length: int,
+        passed: bytearray,
+        failures: list[PieceFailure],
+        file_problems: list[FileProblem],
+    ) -> None:
+        self.num_pieces = num_pieces
+        self.piece_length = piece_length
+        self.total_length = total_length
+        self.passed = passed  # 1 per good piece, 0 per failed one
+        self.failures = failures
+        self.file_problems = file_problems
+
+    def __repr__(self) -> str:
+        return (
+            f"VerifyReport({self.pieces_passed} of {self.num_pieces} pieces passed,"
+            f" {len(self.file_problems)} file problems)"
+        )
 
     @property
     def ok(self) -> bool:

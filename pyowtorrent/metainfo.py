@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import string
-from dataclasses import dataclass, field
 from typing import Any
 
 from .bencoding import Bencached, decode_dict_with_spans, encode
@@ -36,9 +35,32 @@ _LEGACY_PAD_MARK = "_____padding_file_"
 _TRACKER_SCHEMES = ("http://", "https://", "udp://")
 
 
-@dataclass(frozen=True)
 class Metainfo:
-    """A parsed torrent.  ``info_bytes`` is the info dictionary exactly as it was in the file."""
+    """A parsed torrent.  ``info_bytes`` is the info dictionary exactly as it was in the file.
+
+    Read-only.  A plain class, not a dataclass: ``python -m pyowtorrent.verify``
+    imports this module and every millisecond of its start-up counts.
+    """
+
+    __slots__ = (
+        "info_hash",
+        "info_bytes",
+        "name",
+        "piece_length",
+        "piece_hashes",
+        "layout",
+        "multi_file",
+        "trackers",
+        "web_seeds",
+        "http_seeds",
+        "private",
+        "creation_date",
+        "comment",
+        "created_by",
+        "nodes",
+        "info_hash_v2",
+        "raw_top",
+    )
 
     info_hash: bytes
     info_bytes: bytes
@@ -47,17 +69,57 @@ class Metainfo:
     piece_hashes: bytes
     layout: Layout
     multi_file: bool
-    trackers: tuple[tuple[str, ...], ...] = ()
-    web_seeds: tuple[str, ...] = ()
-    http_seeds: tuple[str, ...] = ()
-    private: bool = False
-    creation_date: int | None = None
-    comment: str | None = None
-    created_by: str | None = None
-    nodes: tuple[tuple[str, int], ...] = ()
-    info_hash_v2: bytes | None = None  # SHA-256 of the info dict, for hybrid torrents
+    trackers: tuple[tuple[str, ...], ...]
+    web_seeds: tuple[str, ...]
+    http_seeds: tuple[str, ...]
+    private: bool
+    creation_date: int | None
+    comment: str | None
+    created_by: str | None
+    nodes: tuple[tuple[str, int], ...]
+    info_hash_v2: bytes | None  # SHA-256 of the info dict, for hybrid torrents
     # The top-level dictionary as decoded, less 'info': what to_bytes() writes back.
-    raw_top: dict[bytes, Any] = field(default_factory=dict, repr=False, compare=False)
+    raw_top: dict[bytes, Any]
+
+    def __init__(
+        self,
+        *,
+        info_hash: bytes,
+        info_bytes: bytes,
+        name: str,
+        piece_length: int,
+        piece_hashes: bytes,
+        layout: Layout,
+        multi_file: bool,
+        trackers: tuple[tuple[str, ...], ...] = (),
+        web_seeds: tuple[str, ...] = (),
+        http_seeds: tuple[str, ...] = (),
+        private: bool = False,
+        creation_date: int | None = None,
+        comment: str | None = None,
+        created_by: str | None = None,
+        nodes: tuple[tuple[str, int], ...] = (),
+        info_hash_v2: bytes | None = None,
+        raw_top: dict[bytes, Any] | None = None,
+    ) -> None:
+        values = dict(locals())  # every parameter becomes the attribute of its name
+        del values["self"]
+        if values["raw_top"] is None:
+            values["raw_top"] = {}
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"Metainfo is read-only (cannot set {key!r})")
+
+    def __delattr__(self, key: str) -> None:
+        raise AttributeError(f"Metainfo is read-only (cannot delete {key!r})")
+
+    def __repr__(self) -> str:
+        return (
+            f"<Metainfo {self.name!r} info_hash={self.info_hash.hex()}"
+            f" {self.num_pieces} pieces of {self.piece_length}>"
+        )
 
     @property
     def files(self) -> tuple[FileEntry, ...]:
