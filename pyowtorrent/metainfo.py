@@ -115,6 +115,11 @@ class Metainfo:
     def __delattr__(self, key: str) -> None:
         raise AttributeError(f"Metainfo is read-only (cannot delete {key!r})")
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # Copies (copy.copy, deepcopy, multiprocessing) are made from the
+        # torrent's bytes: the info dictionary is kept byte for byte.
+        return parse_metainfo, (self.to_bytes(),)
+
     def __repr__(self) -> str:
         return (
             f"<Metainfo {self.name!r} info_hash={self.info_hash.hex()}"

@@ -7,6 +7,7 @@ for the name, files, sizes and piece count of every torrent both accept.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -126,3 +127,16 @@ def _check_against_libtorrent(meta: Metainfo, path: Path) -> None:
     ours = [(f.path_str, f.length) for f in meta.files if not f.pad]
     assert ours == theirs
     assert [f.pad for f in meta.files].count(True) == sum(1 for i in range(fs.num_files()) if fs.file_flags(i) & 1)
+
+
+def test_metainfo_is_read_only_and_copies_keep_the_exact_info_bytes() -> None:
+    # unordered.torrent's info dict is not in sorted order: a copy re-made by
+    # re-encoding the info dict would change its info-hash.
+    meta = load_metainfo(CONFORMANCE / "libtorrent-torrents" / "unordered.torrent")
+    with pytest.raises(AttributeError, match="read-only"):
+        meta.name = "elsewhere"
+    for twin in (copy.copy(meta), copy.deepcopy(meta)):
+        assert twin is not meta
+        assert twin.info_bytes == meta.info_bytes and twin.info_hash == meta.info_hash
+        assert twin.files == meta.files and twin.trackers == meta.trackers
+    assert repr(meta) == f"<Metainfo {meta.name!r} info_hash={meta.info_hash.hex()} {meta.num_pieces} pieces of {meta.piece_length}>"
