@@ -118,11 +118,7 @@ def info_dict(meta: Any) -> dict[str, Any]:
         "piece_length": meta.piece_length,
         "num_pieces": meta.num_pieces,
         "private": meta.private,
-        "files": [
-            {"path": f.path_str, "length": f.length, **({"pad": True} if f.pad else {})}
-            for f in meta.files
-            if not f.pad
-        ],
+        "files": [{"path": f.path_str, "length": f.length} for f in meta.files if not f.pad],
         "trackers": [list(t) for t in meta.trackers],
         "web_seeds": list(meta.web_seeds),
         "creation_date": meta.creation_date,
