@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote
 
 from .errors import MagnetError
+from .metainfo import is_tracker_url
 
 __all__ = ["Magnet", "parse_magnet"]
 
@@ -75,7 +76,8 @@ def parse_magnet(uri: str) -> Magnet:
         elif k == "dn":
             name = value
         elif k == "tr" or (k.startswith("tr.") and k[3:].isdigit()):
-            if value and value not in trackers:
+            # libtorrent drops the URLs it finds invalid, and so do we.
+            if value not in trackers and is_tracker_url(value):
                 trackers.append(value)
         elif k == "ws":
             if value and value not in seeds:
