@@ -12,7 +12,7 @@ from .bencoding import Bencached, encode
 from .errors import MetainfoError, StorageError
 from .hashing import Progress, hash_pieces
 from .layout import FileEntry, Layout
-from .metainfo import MAX_PIECE_LENGTH, Metainfo, parse_metainfo
+from .metainfo import MAX_PIECE_LENGTH, Metainfo, is_tracker_url, parse_metainfo
 
 __all__ = ["auto_piece_length", "create_torrent", "list_files"]
 
@@ -106,6 +106,12 @@ def create_torrent(
         piece_length = auto_piece_length(total)
     elif not 16384 <= piece_length <= MAX_PIECE_LENGTH or piece_length & (piece_length - 1):
         raise ValueError(f"piece length {piece_length} must be a power of two from 16 KiB")
+    tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
+    tiers = [t for t in tiers if t]
+    for url in (u for tier in tiers for u in tier):
+        # Checked before hashing: clients would silently drop such a tracker.
+        if not is_tracker_url(url):
+            raise ValueError(f"tracker {url!r} is not a URL BitTorrent clients accept (http, https or udp://host...)")
 
     layout = Layout(piece_length, files)
     sizes = [os.stat(p).st_size if p is not None else 0 for p in paths]
@@ -127,8 +133,6 @@ def create_torrent(
     if private:
         info[b"private"] = 1
     top: dict[bytes, Any] = {b"info": Bencached(encode(info))}
-    tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
-    tiers = [t for t in tiers if t]
     if tiers:
         top[b"announce"] = tiers[0][0].encode()
         if len(tiers) > 1 or len(tiers[0]) > 1:

@@ -79,6 +79,16 @@ def test_trackers_web_seeds_private_comment(tmp_path: Path) -> None:
     assert public.info_hash != meta.info_hash  # BEP 27: private is part of the info-hash
 
 
+@pytest.mark.parametrize("url", ["http://tracker/ann ounce", "tracker.example/announce", "http://user@t/announce"])
+def test_a_tracker_url_clients_would_drop_is_refused_before_hashing(tmp_path: Path, url: str) -> None:
+    f = tmp_path / "p"
+    f.write_bytes(b"x" * 1000)
+    hashed: list[int] = []
+    with pytest.raises(ValueError, match="not a URL BitTorrent clients accept"):
+        create_torrent(f, trackers=["udp://t1:1/announce", url], progress=hashed.append)
+    assert hashed == []  # refused before any hashing
+
+
 def test_nothing_to_share_is_an_error(tmp_path: Path) -> None:
     _tree(tmp_path / "empty", {"zero": b""})
     with pytest.raises(StorageError, match="nothing to share"):
