@@ -17,7 +17,7 @@ from typing import Any
 from .bencoding import Bencached, decode_dict_with_spans, encode
 from .errors import BencodeError, MetainfoError
 from .layout import FileEntry, Layout
-from .paths import resolve_duplicates, sanitize_element, sanitize_name
+from .paths import decode_text, resolve_duplicates, sanitize_element, sanitize_name
 
 __all__ = ["Metainfo", "is_tracker_url", "load_metainfo", "parse_metainfo", "MAX_TORRENT_SIZE", "MAX_PIECES"]
 
@@ -278,7 +278,7 @@ def _string_key(d: dict[bytes, Any], key: bytes) -> bytes | None:
 
 
 def _text(v: bytes | None) -> str | None:
-    return v.decode("utf-8", "replace") if v else None
+    return decode_text(v) if v else None
 
 
 def _check_length(length: Any, what: str) -> int:
@@ -438,15 +438,19 @@ def _parse_trackers(top: dict[bytes, Any]) -> tuple[tuple[str, ...], ...]:
     """
     announce_list = top.get(b"announce-list")
     tiers = _tracker_tiers(announce_list if isinstance(announce_list, list) else [])
-    return tiers or _tracker_tiers([top.get(b"announce")])
+    announce = top.get(b"announce")
+    return tiers or _tracker_tiers([[announce]] if isinstance(announce, bytes) else [])
 
 
 def _tracker_tiers(candidates: list[Any]) -> tuple[tuple[str, ...], ...]:
+    """The tiers of URLs we keep, each URL once, from a decoded list of lists."""
     tiers: list[tuple[str, ...]] = []
     seen: set[str] = set()
     for tier in candidates:
+        if not isinstance(tier, list):
+            continue  # a tier is a list of URLs; libtorrent ignores anything else
         urls = []
-        for raw in tier if isinstance(tier, list) else [tier]:
+        for raw in tier:
             if not isinstance(raw, bytes):
                 continue
             # libtorrent trims leading whitespace (C's isspace) here, not trailing.

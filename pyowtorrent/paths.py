@@ -71,6 +71,21 @@ def _utf8_unit(raw: bytes, i: int) -> tuple[int, int]:
     return cp, n
 
 
+def decode_text(raw: bytes) -> str:
+    """Free text from a torrent (comment, creator) as libtorrent reads it: UTF-8, ``_`` per invalid unit."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    out = []
+    i = 0
+    while i < len(raw):
+        cp, n = _utf8_unit(raw, i)
+        out.append("_" if cp == -1 else chr(cp))
+        i += n
+    return "".join(out)
+
+
 def _replaced(cp: int, windows: bool) -> bool:
     if cp < 0x20 or 0x7F <= cp <= 0x9F:
         return True

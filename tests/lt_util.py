@@ -1,7 +1,8 @@
-"""libtorrent as a test peer: one settings pack for every test that runs a libtorrent session."""
+"""libtorrent in the tests: one settings pack for every test session, and how to read its torrents."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import libtorrent as lt  # test-only reference implementation; pyowtorrent never imports it
@@ -26,3 +27,27 @@ LT_SETTINGS: Any = {
 
 def lt_session(**overrides: Any) -> Any:
     return lt.session({**LT_SETTINGS, **overrides})
+
+
+def lt_tracker_tiers(ti: Any) -> list[list[str]]:
+    """A libtorrent ``torrent_info``'s trackers as pyowtorrent keeps them.
+
+    libtorrent lists each URL as often as the torrent names it and keeps
+    WebTorrent (ws/wss) trackers; pyowtorrent keeps each URL once and drops
+    the ones it cannot announce to.  Tiers that end up empty disappear.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        entries = [(e.tier, e.url) for e in ti.trackers()]
+    tiers: list[list[str]] = []
+    seen: set[str] = set()
+    last_tier = None
+    for tier, url in entries:
+        if url in seen or url.partition(":")[0].lower() in ("ws", "wss"):
+            continue
+        seen.add(url)
+        if tier != last_tier:
+            tiers.append([])
+            last_tier = tier
+        tiers[-1].append(url)
+    return tiers

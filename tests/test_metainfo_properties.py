@@ -30,6 +30,7 @@ from pyowtorrent.errors import MetainfoError
 from pyowtorrent.metainfo import Metainfo, parse_metainfo
 
 from .conftest import CONFORMANCE
+from .lt_util import lt_tracker_tiers
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 
@@ -96,6 +97,11 @@ def _summary_ours(meta: Metainfo) -> tuple[Any, ...]:
         meta.num_pieces,
         meta.total_length,
         meta.info_hash.hex(),
+        [list(t) for t in meta.trackers],
+        meta.private,
+        meta.comment or "",
+        meta.created_by or "",
+        meta.creation_date or 0,
     )
 
 
@@ -111,6 +117,11 @@ def _summary_lt(ti: Any) -> tuple[Any, ...]:
         ti.num_pieces(),
         ti.total_size(),
         str(ti.info_hashes().v1),
+        lt_tracker_tiers(ti),
+        ti.priv(),
+        ti.comment(),
+        ti.creator(),
+        ti.creation_date(),
     )
 
 
@@ -261,6 +272,14 @@ def _ints(v: Any) -> Any:
             yield from _ints(c)
 
 
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _known_difference(top: Any) -> str | None:
     """Which known difference (each pinned by a test below) this torrent runs into, if any."""
     info = top.get(b"info") if isinstance(top, dict) else None
@@ -268,6 +287,13 @@ def _known_difference(top: Any) -> str | None:
         return None
     if any(abs(i) >= 1 << 63 for i in _ints(top)):
         return "libtorrent reads integers outside int64 as 0, or refuses them (test_integers_outside_int64)"
+    announce_list = top.get(b"announce-list")
+    tiers = [t for t in announce_list if isinstance(t, list)] if isinstance(announce_list, list) else []
+    urls = [u for u in [top.get(b"announce"), *(u for t in tiers for u in t)] if isinstance(u, bytes)]
+    if any(not _is_utf8(u) for u in urls):
+        return "a tracker URL that is not UTF-8: libtorrent's Python binding cannot show it"
+    if any(u.lstrip().lower().startswith((b"ws://", b"wss://")) for u in urls):
+        return "WebTorrent trackers are dropped on purpose (tests/test_tracker_urls.py)"
     mv = info.get(b"meta version")
     if type(mv) is int and not -(1 << 31) <= mv < 1 << 31:
         return "libtorrent truncates 'meta version' to 32 bits (test_meta_version_is_not_truncated)"
@@ -377,6 +403,27 @@ def test_legacy_pad_names_in_multi_file_torrents_like_libtorrent() -> None:
 def test_first_file_pad_without_path_names_the_torrent() -> None:
     files = [{b"length": 5, b"attr": b"p"}, {b"length": 5, b"path": [b"a"]}]
     _agree(_encode({b"info": _info(files=files)}))
+
+
+def test_dht_nodes_with_unusable_ports_are_dropped() -> None:
+    """Accepted difference: libtorrent keeps 'nodes' entries with port 0 or a negative port; nobody can be reached there."""
+    nodes = [[b"127.0.0.1", 0], [b"10.0.0.1", -6881], [b"10.0.0.2", 65536], [b"router.example", 6881]]
+    data = _encode({b"info": _info(), b"nodes": nodes})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        theirs = [tuple(n) for n in lt.torrent_info(data).nodes()]
+    assert theirs == [("127.0.0.1", 0), ("10.0.0.1", -6881), ("10.0.0.2", 65536), ("router.example", 6881)]
+    assert parse_metainfo(data).nodes == (("router.example", 6881),)
+
+
+@pytest.mark.parametrize("text", [b"a\xffb", b"a\xc3(b", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"ok \xe2\x82\xac"])
+def test_comment_and_creator_decode_like_libtorrent(text: bytes) -> None:
+    _agree(_encode({b"info": _info(), b"comment": text, b"created by": text}))
+
+
+def test_tiers_that_are_not_lists_and_an_announce_that_is_not_a_string_are_ignored() -> None:
+    _agree(_encode({b"info": _info(), b"announce-list": [b"http://a/", [b"http://b/"]], b"announce": b"http://c/"}))
+    _agree(_encode({b"info": _info(), b"announce-list": [b"http://a/"], b"announce": [b"http://c/"]}))
 
 
 def test_integers_outside_int64() -> None:

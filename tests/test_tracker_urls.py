@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 from pyowtorrent.magnet import parse_magnet
 from pyowtorrent.metainfo import is_tracker_url, parse_metainfo
 
+from .lt_util import lt_tracker_tiers
+
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 
 _INFO = {b"name": b"x", b"piece length": 16384, b"length": 10, b"pieces": bytes(20)}
@@ -96,20 +98,10 @@ def test_torrent_trackers_are_libtorrents_less_duplicates_and_websockets(
     if announce is not None:
         top[b"announce"] = announce.encode()
     data = bencodepy.encode(top)
+    ti = lt.torrent_info(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        theirs = [(e.tier, e.url) for e in lt.torrent_info(data).trackers()]
-    if any(url.partition(":")[0].lower() in ("ws", "wss") for _, url in theirs):
-        return  # libtorrent keeps WebTorrent trackers; we drop them, and may then fall back to 'announce'
-    expected: list[list[str]] = []
-    seen: set[str] = set()
-    last_tier = None
-    for tier, url in theirs:
-        if url in seen:
-            continue
-        seen.add(url)
-        if tier != last_tier:
-            expected.append([])
-            last_tier = tier
-        expected[-1].append(url)
+        if any(e.url.partition(":")[0].lower() in ("ws", "wss") for e in ti.trackers()):
+            return  # libtorrent keeps WebTorrent trackers; we drop them, and may then fall back to 'announce'
+    expected = lt_tracker_tiers(ti)
     assert [list(t) for t in parse_metainfo(data).trackers] == expected
