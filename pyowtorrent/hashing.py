@@ -24,6 +24,7 @@ from .metainfo import Metainfo, load_metainfo
 
 __all__ = [
     "CHUNK",
+    "FailedRun",
     "FileProblem",
     "PieceFailure",
     "PieceHashes",
@@ -165,7 +166,7 @@ def hash_pieces(
     progress: Progress | None = None,
     chunk_size: int = CHUNK,
     batch_size: int = BATCH,
-    wanted: Sequence[bool] | None = None,
+    wanted: Sequence[bool] | bytearray | None = None,
 ) -> PieceHashes:
     """SHA-1 every piece of ``layout`` from the files at ``paths``.
 
@@ -231,7 +232,7 @@ def hash_pieces(
     return result
 
 
-def _batches(n: int, per_batch: int, wanted: Sequence[bool] | None) -> list[tuple[int, int]]:
+def _batches(n: int, per_batch: int, wanted: Sequence[bool] | bytearray | None) -> list[tuple[int, int]]:
     """Runs ``[first, last)`` of at most ``per_batch`` consecutive pieces to hash."""
     if wanted is None:
         return [(i, min(i + per_batch, n)) for i in range(0, n, per_batch)]
@@ -258,6 +259,7 @@ def _hash_run(reader: _Reader, first: int, last: int, result: PieceHashes) -> No
     start = first * plen
     end = min(last * plen, layout.total_length)
     digests = result.digests
+    unreadable = result.unreadable
     piece = first
     hasher: Any = None  # the running SHA-1 of a piece that spans reads
     digest: bytes | None
@@ -266,21 +268,25 @@ def _hash_run(reader: _Reader, first: int, last: int, result: PieceHashes) -> No
         n = min(chunk, end - pos)
         for bad_start, bad_end, reason in reader.read(pos, n):
             for p in range(bad_start // plen, (bad_end - 1) // plen + 1):
-                result.unreadable.setdefault(p, reason)
+                unreadable.setdefault(p, reason)
         off = 0
         while off < n:
             piece_end = min((piece + 1) * plen, end)
             take = min(n - off, piece_end - (pos + off))
-            if hasher is None and pos + off + take == piece_end and (pos + off) == piece * plen:
+            complete = pos + off + take == piece_end
+            if piece in unreadable:
+                digest = hasher = None  # its digest would mean nothing: hash no more of it
+            elif hasher is None and complete and (pos + off) == piece * plen:
                 digest = hashlib.sha1(view[off : off + take]).digest()  # whole piece in one call
             else:
                 if hasher is None:
                     hasher = hashlib.sha1()
                 hasher.update(view[off : off + take])
-                digest = hasher.digest() if pos + off + take == piece_end else None
+                digest = hasher.digest() if complete else None
             off += take
-            if digest is not None:
-                digests[20 * piece : 20 * piece + 20] = digest
+            if complete:
+                if digest is not None:
+                    digests[20 * piece : 20 * piece + 20] = digest
                 hasher = None
                 piece += 1
         pos += n
@@ -331,40 +337,81 @@ class PieceFailure:
         return f"PieceFailure(index={self.index}, reason={self.reason!r}, spans={self.spans!r})"
 
 
-class VerifyReport:
-    """The outcome of :func:`verify_payload`."""
+class FailedRun(NamedTuple):
+    """Pieces ``first`` to ``last`` (inclusive), consecutive, all failed for ``reason``."""
 
-    __slots__ = ("num_pieces", "piece_length", "total_length", "passed", "failures", "file_problems")
+    first: int
+    last: int
+    reason: str
+
+
+class VerifyReport:
+    """The outcome of :func:`verify_payload`.
+
+    Failures are kept as runs of consecutive pieces with one reason, so a
+    report stays small however many pieces fail (a missing file of a 1 TiB
+    torrent is one run); per-piece views are made on demand.
+    """
+
+    __slots__ = ("layout", "passed", "failed_runs", "file_problems")
 
     def __init__(
-        self,
-        num_pieces: int,
-        piece_length: int,
-        total_length: int,
-        passed: bytearray,
-        failures: list[PieceFailure],
-        file_problems: list[FileProblem],
+        self, layout: Layout, passed: bytearray, failed_runs: list[FailedRun], file_problems: list[FileProblem]
     ) -> None:
-        self.num_pieces = num_pieces
-        self.piece_length = piece_length
-        self.total_length = total_length
+        self.layout = layout
         self.passed = passed  # 1 per good piece, 0 per failed one
-        self.failures = failures
+        self.failed_runs = failed_runs
         self.file_problems = file_problems
+
+    @property
+    def num_pieces(self) -> int:
+        return self.layout.num_pieces
+
+    @property
+    def piece_length(self) -> int:
+        return self.layout.piece_length
+
+    @property
+    def total_length(self) -> int:
+        return self.layout.total_length
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_runs and not self.file_problems
+
+    @property
+    def pieces_failed(self) -> int:
+        return sum(r.last - r.first + 1 for r in self.failed_runs)
+
+    @property
+    def pieces_passed(self) -> int:
+        return self.num_pieces - self.pieces_failed
+
+    @property
+    def failures(self) -> list[PieceFailure]:
+        """One entry per failed piece (built on each call: for a big failure, prefer ``failed_runs``)."""
+        return [
+            PieceFailure(i, run.reason, self.spans(i, i))
+            for run in self.failed_runs
+            for i in range(run.first, run.last + 1)
+        ]
+
+    def spans(self, first: int, last: int) -> tuple[tuple[str, int, int], ...]:
+        """The file byte ranges ``(path, start, end)`` that pieces ``first`` to ``last`` cover (pad files left out)."""
+        layout = self.layout
+        start = first * layout.piece_length
+        end = min((last + 1) * layout.piece_length, layout.total_length)
+        return tuple(
+            (layout.files[s.file_index].path_str, s.file_offset, s.file_offset + s.length)
+            for s in layout.slices(start, end - start)
+            if not layout.files[s.file_index].pad
+        )
 
     def __repr__(self) -> str:
         return (
             f"VerifyReport({self.pieces_passed} of {self.num_pieces} pieces passed,"
             f" {len(self.file_problems)} file problems)"
         )
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures and not self.file_problems
-
-    @property
-    def pieces_passed(self) -> int:
-        return self.num_pieces - len(self.failures)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -373,13 +420,14 @@ class VerifyReport:
             "pieces_passed": self.pieces_passed,
             "piece_length": self.piece_length,
             "total_length": self.total_length,
-            "failed_pieces": [
+            "failed_runs": [
                 {
-                    "index": f.index,
-                    "reason": f.reason,
-                    "files": [{"path": p, "start": a, "end": b} for p, a, b in f.spans],
+                    "first": r.first,
+                    "last": r.last,
+                    "reason": r.reason,
+                    "files": [{"path": p, "start": a, "end": b} for p, a, b in self.spans(r.first, r.last)],
                 }
-                for f in self.failures
+                for r in self.failed_runs
             ],
             "file_problems": [
                 {"path": p.path, "problem": p.kind, "expected_length": p.expected, "actual_length": p.actual}
@@ -442,26 +490,48 @@ def verify_payload(
     """
     meta = torrent if isinstance(torrent, Metainfo) else load_metainfo(torrent)
     layout: Layout = meta.layout
+    n = layout.num_pieces
     paths = payload_paths(layout.files, meta.multi_file, Path(payload))
     problems = check_files(layout.files, paths)
-    # A missing file cannot be read; hashing its pieces anyway keeps one code
-    # path, and the reader reports those pieces as unreadable.
-    hashes = hash_pieces(layout, paths, threads=threads, progress=progress)
+    # Pieces that touch bytes a file does not have fail unread: a missing
+    # file of a huge torrent costs nothing, and its failure is one run.
+    absent = _absent_runs(layout, problems)
+    wanted = bytearray(b"\x01") * n
+    for first, last, _ in absent:
+        wanted[first : last + 1] = bytes(last + 1 - first)
+    hashes = hash_pieces(layout, paths, threads=threads, progress=progress, wanted=wanted if absent else None)
     expected = meta.piece_hashes
-    if not hashes.unreadable and hashes.digests == expected:
-        passed = bytearray(b"\x01") * layout.num_pieces
-        return VerifyReport(layout.num_pieces, layout.piece_length, layout.total_length, passed, [], problems)
-    passed = bytearray(layout.num_pieces)
-    failures = []
-    for i in range(layout.num_pieces):
-        reason = hashes.unreadable.get(i)
-        if reason is None and hashes.digests[20 * i : 20 * i + 20] == expected[20 * i : 20 * i + 20]:
+    if not absent and not hashes.unreadable and hashes.digests == expected:
+        return VerifyReport(layout, bytearray(b"\x01") * n, [], problems)
+    passed = bytearray(n)
+    runs: list[FailedRun] = []
+    j = 0  # into absent, which is in stream order
+    for i in range(n):
+        while j < len(absent) and absent[j].last < i:
+            j += 1
+        if j < len(absent) and absent[j].first <= i:
+            reason: str | None = absent[j].reason
+        else:
+            reason = hashes.unreadable.get(i)
+            if reason is None and hashes.digests[20 * i : 20 * i + 20] != expected[20 * i : 20 * i + 20]:
+                reason = "hash mismatch"
+        if reason is None:
             passed[i] = 1
-            continue
-        spans = tuple(
-            (layout.files[s.file_index].path_str, s.file_offset, s.file_offset + s.length)
-            for s in layout.piece_slices(i)
-            if not layout.files[s.file_index].pad
-        )
-        failures.append(PieceFailure(i, reason or "hash mismatch", spans))
-    return VerifyReport(layout.num_pieces, layout.piece_length, layout.total_length, passed, failures, problems)
+        elif runs and runs[-1].last == i - 1 and runs[-1].reason == reason:
+            runs[-1] = runs[-1]._replace(last=i)
+        else:
+            runs.append(FailedRun(i, i, reason))
+    return VerifyReport(layout, passed, runs, problems)
+
+
+def _absent_runs(layout: Layout, problems: Sequence[FileProblem]) -> list[FailedRun]:
+    """The pieces that touch the missing part of each problem file, in stream order."""
+    runs = []
+    for p in problems:
+        f = layout.files[p.file_index]
+        have = p.actual if p.kind == "short" and p.actual is not None else 0
+        start = f.offset + have
+        end = f.offset + f.length
+        if end > start:
+            runs.append(FailedRun(start // layout.piece_length, (end - 1) // layout.piece_length, p.describe()))
+    return runs

@@ -107,31 +107,14 @@ def _print_report(report: VerifyReport, out: TextIO) -> None:
         return
     for problem in report.file_problems:
         print(f"file {problem.describe()}", file=out)
-    runs = _runs(report)
-    for first, last, reason, spans in runs[:_MAX_RUNS_SHOWN]:
+    runs = report.failed_runs
+    for first, last, reason in runs[:_MAX_RUNS_SHOWN]:
         which = f"piece {first}" if first == last else f"pieces {first}-{last}"
-        where = ", ".join(f"{path} bytes {a}-{b - 1}" for path, a, b in spans)
+        where = ", ".join(f"{path} bytes {a}-{b - 1}" for path, a, b in report.spans(first, last))
         print(f"{which} FAILED ({reason}): {where}", file=out)
     if len(runs) > _MAX_RUNS_SHOWN:
         print(f"... and {len(runs) - _MAX_RUNS_SHOWN} more failed runs (use --json for all)", file=out)
-    print(f"{len(report.failures)} of {report.num_pieces} pieces FAILED.", file=out)
-
-
-def _runs(report: VerifyReport) -> list[tuple[int, int, str, list[tuple[str, int, int]]]]:
-    """Consecutive failed pieces with the same reason, merged, with the file ranges they cover."""
-    runs: list[tuple[int, int, str, list[tuple[str, int, int]]]] = []
-    for f in report.failures:
-        if runs and runs[-1][1] == f.index - 1 and runs[-1][2] == f.reason:
-            first, _, reason, spans = runs[-1]
-            for path, a, b in f.spans:
-                if spans and spans[-1][0] == path and spans[-1][2] == a:
-                    spans[-1] = (path, spans[-1][1], b)
-                else:
-                    spans.append((path, a, b))
-            runs[-1] = (first, f.index, reason, spans)
-        else:
-            runs.append((f.index, f.index, f.reason, list(f.spans)))
-    return runs
+    print(f"{report.pieces_failed} of {report.num_pieces} pieces FAILED.", file=out)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pyowtorrent.bencoding import encode
 from pyowtorrent.create import create_torrent
 
 from .conftest import REPO
@@ -59,6 +60,20 @@ def test_verify_names_failed_pieces_files_and_byte_ranges(dataset: tuple[Path, P
     assert "FAILED." in r.stdout.splitlines()[-1]
 
 
+def test_verify_reports_a_payload_far_shorter_than_its_torrent_in_one_line(tmp_path: Path) -> None:
+    size, piece_length = 1 << 40, 1 << 22  # a 1 TiB torrent over a 1000-byte file
+    info = {b"name": b"big.bin", b"length": size, b"piece length": piece_length, b"pieces": bytes(20) * (size // piece_length)}
+    (tmp_path / "big.torrent").write_bytes(encode({b"info": info}))
+    (tmp_path / "big.bin").write_bytes(b"x" * 1000)
+    r = run("-m", "pyowtorrent.verify", str(tmp_path / "big.torrent"), str(tmp_path / "big.bin"))
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.splitlines() == [
+        f"file big.bin: short file (1000 of {size} bytes)",
+        f"pieces 0-262143 FAILED (big.bin: short file (1000 of {size} bytes)): big.bin bytes 0-{size - 1}",
+        "262144 of 262144 pieces FAILED.",
+    ]
+
+
 def test_verify_json_report(dataset: tuple[Path, Path]) -> None:
     torrent, root = dataset
     with open(root / "big.zip", "r+b") as f:
@@ -68,8 +83,8 @@ def test_verify_json_report(dataset: tuple[Path, Path]) -> None:
     assert r.returncode == 1
     doc = json.loads(r.stdout)
     assert doc["ok"] is False and doc["num_pieces"] == 13 and doc["pieces_passed"] == 12
-    assert doc["failed_pieces"] == [
-        {"index": 0, "reason": "hash mismatch", "files": [{"path": "ds/big.zip", "start": 0, "end": 16384}]}
+    assert doc["failed_runs"] == [
+        {"first": 0, "last": 0, "reason": "hash mismatch", "files": [{"path": "ds/big.zip", "start": 0, "end": 16384}]}
     ]
 
 

@@ -108,6 +108,37 @@ def test_short_and_missing_files_are_named_and_fail_only_their_pieces(tmp_path: 
     assert [f.index for f in report.failures] == [3, 4, 5, 6, 7]
     assert "ds/c: missing" in report.failures[-1].reason
     assert bytes(report.passed[:3]) == b"\x01\x01\x01"
+    assert [tuple(r) for r in report.failed_runs] == [
+        (3, 4, "ds/b: short file (20000 of 40000 bytes)"),  # piece 4 lacks bytes of both: the first is named
+        (5, 7, "ds/c: missing"),
+    ]
+
+
+def test_a_torrent_far_larger_than_its_payload_fails_in_one_run_without_reading_the_gap(tmp_path: Path) -> None:
+    # A 1 TiB torrent over a 1000-byte file: nothing of the missing terabyte
+    # may be read or hashed, and the report must stay one run, not 262 144 entries.
+    piece_length, size = 1 << 22, 1 << 40
+    num_pieces = size // piece_length
+    info = {b"name": b"big.bin", b"length": size, b"piece length": piece_length, b"pieces": bytes(20) * num_pieces}
+    torrent = tmp_path / "big.torrent"
+    torrent.write_bytes(encode({b"info": info}))
+    (tmp_path / "big.bin").write_bytes(b"x" * 1000)
+    hashed: list[int] = []
+    report = verify_payload(torrent, tmp_path / "big.bin", progress=hashed.append)
+    assert sum(hashed) == 0
+    assert [tuple(r) for r in report.failed_runs] == [
+        (0, num_pieces - 1, f"big.bin: short file (1000 of {size} bytes)")
+    ]
+    assert report.pieces_failed == num_pieces and report.pieces_passed == 0 and not report.ok
+    assert report.spans(0, num_pieces - 1) == (("big.bin", 0, size),)
+    assert report.as_dict()["failed_runs"] == [
+        {
+            "first": 0,
+            "last": num_pieces - 1,
+            "reason": f"big.bin: short file (1000 of {size} bytes)",
+            "files": [{"path": "big.bin", "start": 0, "end": size}],
+        }
+    ]
 
 
 def test_pad_files_are_zeros_and_never_read(tmp_path: Path) -> None:

@@ -487,9 +487,10 @@ def test_verify_cli_clears_then_names_the_damaged_file(payload: Path, tmp_path: 
     doc = json.loads(js.stdout)
     assert doc["ok"] is False
     assert doc["info_hash"] == str(ti.info_hashes().v1)
-    assert [f["index"] for f in doc["failed_pieces"]] == [lt_piece_of(ti, index, offset)]
+    piece = lt_piece_of(ti, index, offset)
+    assert [(r["first"], r["last"]) for r in doc["failed_runs"]] == [(piece, piece)]
     assert any(
-        f["path"] == named and f["start"] <= offset < f["end"] for f in doc["failed_pieces"][0]["files"]
+        f["path"] == named and f["start"] <= offset < f["end"] for f in doc["failed_runs"][0]["files"]
     ), doc
 
 
