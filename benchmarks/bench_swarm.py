@@ -639,7 +639,7 @@ def profile_summary(path: Path, top: int = 12) -> str:
     lines = [f"{total} samples, all threads (idle waits mostly excluded by py-spy)", "  own:"]
     lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
     lines.append("  inclusive (below the event loop):")
-    skip = ("<module>", "_run_code", "_run_module_as_main", "main (cli.py)", "guard_pipe", "run (", "Runner.run",
+    skip = ("<module>", "_run_code", "_run_module_as_main", "main (cli.py)", "run_command", "run (", "Runner.run",
             "BaseEventLoop.run", "run_download", "run_seed", "_run (cli_engine.py)", "Thread._bootstrap", "Thread.run")
     ranked = [(f, n) for f, n in sorted(incl.items(), key=lambda kv: -kv[1]) if not f.startswith(skip)]
     lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in ranked[:top]]

@@ -56,14 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tracker": cli_engine.run_tracker,
         "demo": _demo,
     }[args.command]
-    try:
-        return verify_mod.guard_pipe(handler, args)
-    except PyowtorrentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return verify_mod.run_command(handler, args)
 
 
 def _size(text: str) -> int:

@@ -38,13 +38,23 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return guard_pipe(run, args)
+    return run_command(run, args)
 
 
-def guard_pipe(func: Callable[..., int], *args: object) -> int:
-    """Run a command; a reader that goes away (``| head``) ends it quietly."""
+def run_command(func: Callable[..., int], *args: object) -> int:
+    """Run a command and map how it ends to an exit status.
+
+    A :class:`PyowtorrentError` is a one-line error and 2, Ctrl-C is 130, and
+    a reader that goes away (``| head``) ends it quietly.
+    """
     try:
         return func(*args)
+    except PyowtorrentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # Point stdout at nothing so the interpreter's final flush stays quiet.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -54,21 +64,14 @@ def guard_pipe(func: Callable[..., int], *args: object) -> int:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    meta = load_metainfo(args.torrent)
+    _check_payload_kind(meta, args.payload)
+    bar = progress_bar(meta.total_length, "verifying")
     try:
-        meta = load_metainfo(args.torrent)
-        _check_payload_kind(meta, args.payload)
-        bar = progress_bar(meta.total_length, "verifying")
-        try:
-            report = verify_payload(meta, args.payload, threads=args.threads, progress=bar and bar.update)
-        finally:
-            if bar is not None:
-                bar.close()
-    except PyowtorrentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        report = verify_payload(meta, args.payload, threads=args.threads, progress=bar and bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
     if args.json:
         import json
 
