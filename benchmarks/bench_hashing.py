@@ -24,10 +24,8 @@ import hashlib
 import json
 import os
 import platform
-import re
 import resource
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,7 +36,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import (  # noqa: E402  (benchmarks/, beside this script)
+    BLOCK,
+    GiB,
+    KiB,
+    MiB,
+    REPO,
+    child_env,
+    file_sizes,
+    human,
+    log,
+    make_payload,
+    parse_size,
+    read_all,
+)
+
 # Run against this checkout whether or not pyowtorrent is installed.
 sys.path.insert(0, str(REPO))
 
@@ -46,15 +58,6 @@ from pyowtorrent.create import auto_piece_length, create_torrent  # noqa: E402
 from pyowtorrent.hashing import default_threads, verify_payload  # noqa: E402
 from pyowtorrent.metainfo import Metainfo  # noqa: E402
 
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
-# Random data is made once and reused: os.urandom for every byte of a 2 GiB
-# payload would take longer than the measurements themselves.
-BLOCK = 16 * MiB
-# A stamp every 16 KiB (the smallest legal piece) makes every piece of the
-# payload different, so a hasher that mixed up pieces could not pass.
-STAMP_EVERY = 16 * KiB
 BASELINE_BUFFER = 256 * MiB
 BASELINE_SLICE = 1 * MiB
 CLEARED = "DATA INTEGRITY CLEARED!"
@@ -77,85 +80,6 @@ _RSS_WRAPPER = textwrap.dedent(
     print(json.dumps({**res, "out": p.stdout, "err": p.stderr}))
     """
 )
-
-
-# ---------------------------------------------------------------------------
-# Payload
-
-
-def parse_size(text: str) -> int:
-    """``"1GiB"``, ``"512MiB"``, ``"2G"``, ``"1000000"`` → bytes (K/M/G are binary too)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    scale = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}[m.group(2).lower()]
-    size = int(float(m.group(1)) * scale)
-    if size <= 0:
-        raise argparse.ArgumentTypeError("size must be positive")
-    return size
-
-
-def file_sizes(total: int, count: int) -> list[int]:
-    """``count`` file sizes summing to ``total``: two small files, then growing big ones.
-
-    No boundary between files is a multiple of 16 KiB, so with any piece
-    length every boundary falls inside a piece, which is then read from two
-    (or, around the small files, three) files.
-    """
-    sizes = [s for s in (4_099, 300_007) if s * 8 < total][: max(0, count - 1)]
-    rest = total - sum(sizes)
-    weights = list(range(1, count - len(sizes) + 1))
-    for w in weights[:-1]:
-        size = rest * w // sum(weights)
-        if (sum(sizes) + size) % STAMP_EVERY == 0:
-            size -= 1
-        sizes.append(size)
-    sizes.append(total - sum(sizes))
-    return sizes
-
-
-def write_file(path: Path, size: int, block: bytes, file_index: int) -> None:
-    buf = bytearray(block)
-    done = 0
-    with open(path, "wb") as f:
-        while done < size:
-            n = min(BLOCK, size - done)
-            for off in range(0, n, STAMP_EVERY):
-                buf[off : off + 16] = struct.pack("<QQ", file_index, done + off)
-            f.write(memoryview(buf)[:n])
-            done += n
-
-
-def make_payload(root: Path, total: int, count: int, single: bool) -> Path:
-    """Write the payload under ``root``; returns the file (single) or directory (multi)."""
-    block = os.urandom(BLOCK)
-    if single:
-        path = root / "bench_payload.bin"
-        write_file(path, total, block, 0)
-        return path
-    top = root / "bench_payload"
-    top.mkdir()
-    for i, size in enumerate(file_sizes(total, count)):
-        write_file(top / f"f{i:02d}_{human(size).replace(' ', '')}.bin", size, block, i)
-    return top
-
-
-def payload_files(payload: Path) -> list[Path]:
-    """The payload's files in the order a torrent of it lists them."""
-    if payload.is_file():
-        return [payload]
-    return sorted(p for p in payload.rglob("*") if p.is_file())
-
-
-def read_all(files: Sequence[Path]) -> int:
-    buf = bytearray(4 * MiB)
-    view = memoryview(buf)
-    total = 0
-    for p in files:
-        with open(p, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-    return total
 
 
 # ---------------------------------------------------------------------------
@@ -238,12 +162,6 @@ def naive_digests(files: Sequence[Path], piece_length: int) -> bytes:
     return bytes(out)
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 @dataclass
 class ChildRun:
     rc: int
@@ -269,14 +187,6 @@ def run_measured(cmd: Sequence[str]) -> ChildRun:
 
 # ---------------------------------------------------------------------------
 # Output
-
-
-def human(n: int) -> str:
-    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= size:
-            value = n / size
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
-    return f"{n} B"
 
 
 def table(rows: Sequence[Row], baseline: float) -> str:
@@ -305,10 +215,6 @@ def contention_warnings(rows: Sequence[Row], threads: int) -> list[str]:
             " the CPUs were not free, so the threaded rows are understated"
         )
     return out
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -348,8 +254,8 @@ def run(args: argparse.Namespace, root: Path, threads: int, piece_length: int) -
     size, repeat = args.size, args.repeat
     log(f"writing {human(size)} ({'one file' if args.single_file else f'{args.files} files'}) to {root}")
     t0 = time.perf_counter()
-    payload = make_payload(root, size, args.files, args.single_file)
-    files = payload_files(payload)
+    sizes = [size] if args.single_file else file_sizes(size, args.files, small=(4_099, 300_007))
+    payload, files = make_payload(root, "bench_payload", sizes)
     # Flush the dirty pages now, so write-back does not compete with the timed runs.
     os.sync()
     log(f"written and synced in {time.perf_counter() - t0:.1f} s; warming the page cache")

@@ -29,7 +29,6 @@ import queue
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -40,18 +39,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import (  # noqa: E402  (benchmarks/, beside this script)
+    GiB,
+    KiB,
+    MiB,
+    REPO,
+    child_env,
+    file_sizes,
+    human,
+    log,
+    make_payload,
+    parse_size,
+    read_all,
+)
+
 SELF = str(Path(__file__).resolve())
-REPO = Path(SELF).parent.parent
 # Run against this checkout whether or not pyowtorrent is installed.
 sys.path.insert(0, str(REPO))
 
-KiB = 1 << 10
-MiB = 1 << 20
-GiB = 1 << 30
-# The payload is one random block repeated, stamped every 16 KiB with its file
-# and offset so that no two pieces (nor blocks) are equal.
-RAND_BLOCK = 16 * MiB
-STAMP_EVERY = 16 * KiB
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SAMPLE_EVERY = 0.1  # seconds between /proc memory samples
@@ -158,75 +163,6 @@ def lt_main(args: argparse.Namespace) -> int:
             emit({"event": "done", "bytes": st.total_wanted_done})
             return 0
     return 0
-
-
-# ---------------------------------------------------------------------------
-# Payload
-
-
-def parse_size(text: str) -> int:
-    """``"1GiB"``, ``"256KiB"``, ``"2G"``, ``"1000000"`` → bytes (K/M/G are binary too)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    scale = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}[m.group(2).lower()]
-    size = int(float(m.group(1)) * scale)
-    if size <= 0:
-        raise argparse.ArgumentTypeError("size must be positive")
-    return size
-
-
-def file_sizes(total: int, count: int) -> list[int]:
-    """``count`` sizes summing to ``total``, growing, none of the boundaries on a 16 KiB multiple."""
-    weights = list(range(1, count + 1))
-    sizes: list[int] = []
-    for w in weights[:-1]:
-        size = max(1, total * w // sum(weights))
-        if (sum(sizes) + size) % STAMP_EVERY == 0:
-            size -= 1
-        sizes.append(size)
-    sizes.append(total - sum(sizes))
-    return sizes
-
-
-def write_file(path: Path, size: int, block: bytes, file_index: int) -> None:
-    buf = bytearray(block)
-    done = 0
-    with open(path, "wb", buffering=0) as f:
-        while done < size:
-            n = min(RAND_BLOCK, size - done)
-            for off in range(0, n, STAMP_EVERY):
-                buf[off : off + 16] = struct.pack("<QQ", file_index, done + off)
-            f.write(memoryview(buf)[:n])
-            done += n
-
-
-def make_payload(seed_dir: Path, total: int, count: int) -> tuple[Path, list[Path]]:
-    """The payload under ``seed_dir``: one file, or a directory of ``count`` files."""
-    block = os.urandom(RAND_BLOCK)
-    if count == 1:
-        path = seed_dir / "swarm_payload.bin"
-        write_file(path, total, block, 0)
-        return path, [path]
-    top = seed_dir / "swarm_payload"
-    top.mkdir()
-    files = []
-    for i, size in enumerate(file_sizes(total, count)):
-        p = top / f"part{i:02d}.bin"
-        write_file(p, size, block, i)
-        files.append(p)
-    return top, files
-
-
-def read_all(files: Sequence[Path]) -> int:
-    buf = bytearray(4 * MiB)
-    view = memoryview(buf)
-    total = 0
-    for p in files:
-        with open(p, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                total += n
-    return total
 
 
 # ---------------------------------------------------------------------------
@@ -377,13 +313,6 @@ class Child:
 
 class CaseFailed(Exception):
     pass
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def seeder_cmd(impl: str, torrent: Path, seed_dir: Path, profile: Path | None, preset: str) -> list[str]:
@@ -554,14 +483,6 @@ def check_download(torrent: Path, out: Path) -> None:
 # Output
 
 
-def human(n: float) -> str:
-    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= size:
-            value = n / size
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def table(rows: Sequence[Result], size: int) -> str:
     gib = size / GiB
     head = (
@@ -646,10 +567,6 @@ def profile_summary(path: Path, top: int = 12) -> str:
     return "\n".join(lines)
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------
 
 
@@ -724,7 +641,7 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
     seed_dir.mkdir()
     log(f"writing {human(size)} in {args.files} file{'s' * (args.files > 1)} to {root}")
     t0 = time.perf_counter()
-    payload, files = make_payload(seed_dir, size, args.files)
+    payload, files = make_payload(seed_dir, "swarm_payload", file_sizes(size, args.files))
     os.sync()  # write-back now, not during the timed transfers
     log(f"written and synced in {time.perf_counter() - t0:.1f} s; making the .torrent")
     meta = create_torrent(payload, piece_length=args.piece_length, creation_date=None)

@@ -1,0 +1,117 @@
+"""What the benchmarks share: sizes, the generated payload, child environments, logging."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import struct
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+# The payload is one random block repeated (os.urandom for every byte of a
+# 2 GiB payload would take longer than the measurements), stamped every
+# 16 KiB (the smallest legal piece) with its file and offset, so that no two
+# pieces or blocks are equal and a mix-up could not pass.
+BLOCK = 16 * MiB
+STAMP_EVERY = 16 * KiB
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"``, ``"256KiB"``, ``"2G"``, ``"1000000"`` → bytes (K/M/G are binary too)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    scale = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}[m.group(2).lower()]
+    size = int(float(m.group(1)) * scale)
+    if size <= 0:
+        raise argparse.ArgumentTypeError("size must be positive")
+    return size
+
+
+def human(n: float) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def file_sizes(total: int, count: int, small: Sequence[int] = ()) -> list[int]:
+    """``count`` file sizes summing to ``total``: the ``small`` ones first, then growing big ones.
+
+    No boundary between files is a multiple of 16 KiB, so with any piece
+    length every boundary falls inside a piece, which is then read from two
+    (or, around small files, three) files.
+    """
+    sizes = [s for s in small if s * 8 < total][: max(0, count - 1)]
+    rest = total - sum(sizes)
+    weights = list(range(1, count - len(sizes) + 1))
+    for w in weights[:-1]:
+        size = max(1, rest * w // sum(weights))
+        if (sum(sizes) + size) % STAMP_EVERY == 0:
+            size -= 1
+        sizes.append(size)
+    sizes.append(total - sum(sizes))
+    return sizes
+
+
+def write_file(path: Path, size: int, block: bytes, file_index: int) -> None:
+    buf = bytearray(block)
+    done = 0
+    with open(path, "wb", buffering=0) as f:
+        while done < size:
+            n = min(len(buf), size - done)
+            for off in range(0, n, STAMP_EVERY):
+                buf[off : off + 16] = struct.pack("<QQ", file_index, done + off)
+            f.write(memoryview(buf)[:n])
+            done += n
+
+
+def make_payload(root: Path, name: str, sizes: Sequence[int]) -> tuple[Path, list[Path]]:
+    """Write the payload under ``root``: the file ``name`` for one size, else a directory of files.
+
+    Returns the payload (what a torrent is made of) and its files in torrent order.
+    """
+    block = os.urandom(BLOCK)
+    if len(sizes) == 1:
+        path = root / f"{name}.bin"
+        write_file(path, sizes[0], block, 0)
+        return path, [path]
+    top = root / name
+    top.mkdir()
+    files = []
+    for i, size in enumerate(sizes):
+        path = top / f"f{i:02d}_{human(size).replace(' ', '')}.bin"
+        write_file(path, size, block, i)
+        files.append(path)
+    return top, files
+
+
+def read_all(files: Sequence[Path]) -> int:
+    """Read every byte (to warm the page cache); returns how many there were."""
+    view = memoryview(bytearray(4 * MiB))
+    total = 0
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                total += n
+    return total
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child process: this checkout first on the path, output unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
