@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import libtorrent as lt  # test-only reference implementation; pyowtorrent never imports it
@@ -51,3 +52,10 @@ def lt_tracker_tiers(ti: Any) -> list[list[str]]:
             last_tier = tier
         tiers[-1].append(url)
     return tiers
+
+
+def lt_make_torrent(payload: Path, piece_length: int, flags: int) -> bytes:
+    """Have libtorrent make a .torrent of ``payload`` (a file or a directory)."""
+    ct = lt.create_torrent(lt.list_files(str(payload)), piece_length, flags)
+    lt.set_piece_hashes(ct, str(payload.parent))
+    return lt.bencode(ct.generate())

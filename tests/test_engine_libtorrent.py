@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -37,7 +36,8 @@ from pyowtorrent.torrent import Torrent, TorrentEvent, TorrentState
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 
-from .lt_util import LT_SETTINGS
+from .engine_util import make_payload
+from .lt_util import LT_SETTINGS, lt_make_torrent
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -69,21 +69,6 @@ TREE = {
 
 # ---------------------------------------------------------------------------
 # Payload and torrents
-
-
-def write_tree(root: Path, spec: dict[str, int], seed: int = 7) -> Path:
-    rng = random.Random(seed)
-    for rel, size in spec.items():
-        p = root.joinpath(*rel.split("/"))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(rng.randbytes(size))
-    return root
-
-
-def lt_make_torrent(payload: Path, piece_length: int, flags: int) -> bytes:
-    ct = lt.create_torrent(lt.list_files(str(payload)), piece_length, flags)
-    lt.set_piece_hashes(ct, str(payload.parent))
-    return lt.bencode(ct.generate())
 
 
 def make_torrent(kind: str, payload: Path) -> Metainfo:
@@ -264,7 +249,7 @@ DIRECTIONS = ["we-dial", "lt-dials"]
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_we_download_from_a_libtorrent_seeder(tmp_path: Path, kind: str, direction: str) -> None:
-    payload = write_tree(tmp_path / "src" / "dataset", TREE)
+    payload = make_payload(tmp_path / "src" / "dataset", TREE)
     meta = make_torrent(kind, payload)
     check_layout(meta, kind)
     dest = tmp_path / "ours"
@@ -299,7 +284,7 @@ def test_we_download_from_a_libtorrent_seeder(tmp_path: Path, kind: str, directi
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_libtorrent_downloads_from_our_seeder(tmp_path: Path, kind: str, direction: str) -> None:
-    payload = write_tree(tmp_path / "src" / "dataset", TREE)
+    payload = make_payload(tmp_path / "src" / "dataset", TREE)
     meta = make_torrent(kind, payload)
     check_layout(meta, kind)
     dest = tmp_path / "lt"
@@ -348,7 +333,7 @@ def test_mixed_swarm_both_leechers_finish(tmp_path: Path, kind: str) -> None:
     asserted).  Only the libtorrent leecher can have received those bytes: a
     seeder asks for nothing.
     """
-    payload = write_tree(tmp_path / "src" / "dataset", TREE)
+    payload = make_payload(tmp_path / "src" / "dataset", TREE)
     meta = make_torrent(kind, payload)
     ours_dir, lt_dir = tmp_path / "ours", tmp_path / "lt"
     ours_dir.mkdir()

@@ -37,7 +37,8 @@ from .conftest import REPO
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 
-from .lt_util import LT_SETTINGS
+from .engine_util import make_payload
+from .lt_util import LT_SETTINGS, lt_make_torrent
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -72,16 +73,6 @@ SINGLE_SIZE = 300_001
 # Helpers
 
 
-def write_tree(root: Path, spec: dict[str, int], seed: int = 1) -> Path:
-    """Write ``spec`` (relative path → size) under ``root`` with reproducible random bytes."""
-    rng = random.Random(seed)
-    for rel, size in spec.items():
-        p = root.joinpath(*rel.split("/"))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(rng.randbytes(size))
-    return root
-
-
 def write_single(path: Path, size: int, seed: int = 2) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(random.Random(seed).randbytes(size))
@@ -93,7 +84,7 @@ def payload(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """A payload under ``tmp_path/data``: one file, or the directory ``TREE``."""
     if request.param == "single":
         return write_single(tmp_path / "data" / "payload.bin", SINGLE_SIZE)
-    return write_tree(tmp_path / "data" / "dataset", TREE)
+    return make_payload(tmp_path / "data" / "dataset", TREE)
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -127,18 +118,6 @@ def lt_files(ti: Any) -> list[tuple[str, int, bool]]:
 
 def our_files(meta: Metainfo) -> list[tuple[str, int, bool]]:
     return [(f.path_str, f.length, f.pad) for f in meta.files]
-
-
-def lt_make_torrent(payload: Path, piece_length: int, flags: int) -> bytes:
-    """Have libtorrent make a .torrent of ``payload`` (a file or a directory)."""
-    if hasattr(lt, "list_files"):  # libtorrent 2.1
-        ct = lt.create_torrent(lt.list_files(str(payload)), piece_length, flags)
-    else:  # pragma: no cover - libtorrent 2.0
-        fs = lt.file_storage()
-        lt.add_files(fs, str(payload))
-        ct = lt.create_torrent(fs, piece_length, flags=flags)
-    lt.set_piece_hashes(ct, str(payload.parent))
-    return lt.bencode(ct.generate())
 
 
 def assert_same_torrent(meta: Metainfo, ti: Any) -> None:
@@ -259,7 +238,7 @@ def test_our_torrent_loads_in_libtorrent_and_it_seeds_the_payload(
 
 
 def test_libtorrent_force_recheck_of_our_torrent_still_finds_every_piece(tmp_path: Path, session: Any) -> None:
-    root = write_tree(tmp_path / "data" / "dataset", TREE)
+    root = make_payload(tmp_path / "data" / "dataset", TREE)
     ti = lt.torrent_info(create_torrent(root, piece_length=16 * KiB).to_bytes())
     status = lt_check(session, ti, root.parent, force_recheck=True)
     assert status.num_pieces == ti.num_pieces()
@@ -281,7 +260,7 @@ DAMAGE_SPOTS = [
 def test_libtorrent_and_we_agree_on_the_damaged_piece_of_our_torrent(
     tmp_path: Path, session: Any, rel: str, offset: int
 ) -> None:
-    root = write_tree(tmp_path / "data" / "dataset", TREE)
+    root = make_payload(tmp_path / "data" / "dataset", TREE)
     meta = create_torrent(root, piece_length=16 * KiB)
     flip_byte(root / rel, offset)
     ti = lt.torrent_info(meta.to_bytes())
@@ -337,7 +316,7 @@ def test_libtorrent_torrent_parses_the_same_and_its_payload_verifies(
 
 
 def test_torrent_from_a_file_loads_like_its_bytes(tmp_path: Path) -> None:
-    root = write_tree(tmp_path / "data" / "dataset", TREE)
+    root = make_payload(tmp_path / "data" / "dataset", TREE)
     path = tmp_path / "lt.torrent"
     path.write_bytes(lt_make_torrent(root, 16 * KiB, HYBRID))
     meta = load_metainfo(path)
@@ -351,7 +330,7 @@ def test_torrent_from_a_file_loads_like_its_bytes(tmp_path: Path) -> None:
 def test_flipped_byte_fails_exactly_the_piece_libtorrent_maps_it_to(
     tmp_path: Path, rel: str, offset: int, flags: int
 ) -> None:
-    root = write_tree(tmp_path / "data" / "dataset", TREE)
+    root = make_payload(tmp_path / "data" / "dataset", TREE)
     data = lt_make_torrent(root, 16 * KiB, flags)
     ti = lt.torrent_info(data)
     meta = parse_metainfo(data)
@@ -392,7 +371,7 @@ def test_flipped_byte_in_a_single_file_torrent(tmp_path: Path, flags: int) -> No
 
 def test_libtorrent_hybrid_keeps_pad_files_out_of_the_payload(tmp_path: Path) -> None:
     """A hybrid's pad files are zeros that exist nowhere on disk: verification must not look for them."""
-    root = write_tree(tmp_path / "data" / "dataset", TREE)
+    root = make_payload(tmp_path / "data" / "dataset", TREE)
     meta = parse_metainfo(lt_make_torrent(root, 64 * KiB, HYBRID))
     pads = [f for f in meta.files if f.pad]
     assert pads
@@ -414,7 +393,7 @@ def test_libtorrent_hybrid_with_case_clashing_names_loads(tmp_path: Path) -> Non
     the (unrenamed) v2 file tree.
     """
     root = tmp_path / "data" / "dataset"
-    write_tree(root, {"A": 5, "a": 9, "b.bin": 40_000})
+    make_payload(root, {"A": 5, "a": 9, "b.bin": 40_000})
     if len(list(root.iterdir())) != 3:
         pytest.skip("case-insensitive file system: cannot hold both A and a")
     data = lt_make_torrent(root, 16 * KiB, HYBRID)
@@ -430,7 +409,7 @@ def test_libtorrent_hybrid_with_a_symlink_loads(tmp_path: Path) -> None:
     ``parse_metainfo`` refuses it: "v2 file 'link': missing or invalid 'length'".
     (The v1-only torrent of the same tree loads and verifies fine.)
     """
-    root = write_tree(tmp_path / "data" / "dataset", {"sub/real.bin": 30_000, "z.bin": 20_000})
+    root = make_payload(tmp_path / "data" / "dataset", {"sub/real.bin": 30_000, "z.bin": 20_000})
     os.symlink(os.path.join("sub", "real.bin"), root / "link")
     flags = lt.create_torrent.symlinks
 
@@ -495,7 +474,7 @@ def test_verify_cli_clears_then_names_the_damaged_file(payload: Path, tmp_path: 
 
 
 def test_verify_cli_names_a_missing_file_of_a_libtorrent_torrent(tmp_path: Path) -> None:
-    root = write_tree(tmp_path / "data" / "dataset", TREE)
+    root = make_payload(tmp_path / "data" / "dataset", TREE)
     torrent = tmp_path / "lt.torrent"
     torrent.write_bytes(lt_make_torrent(root, 16 * KiB, HYBRID))
     (root / "nested" / "tail.bin").unlink()
