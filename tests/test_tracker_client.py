@@ -105,6 +105,15 @@ def test_hostile_udp_answers_are_tracker_errors() -> None:
     asyncio.run(main())
 
 
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on a free loopback port: the runner (to clean up) and the port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
 def test_hostile_http_answers_are_recorded_on_the_tracker_and_the_torrent_goes_on(tmp_path: Path) -> None:
     async def garbage(request: web.Request) -> web.Response:
         return web.Response(body=b"d8:intervali1800e5:peers" + b"9" * 5000)
@@ -112,11 +121,7 @@ def test_hostile_http_answers_are_recorded_on_the_tracker_and_the_torrent_goes_o
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/announce", garbage)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await _serve(app)
         try:
             async with Tracker() as good:
                 meta, seed_dir = torrent_with(tmp_path, [[f"http://127.0.0.1:{port}/announce"], [good.announce_url("127.0.0.1")]])
@@ -194,11 +199,7 @@ def test_http_redirects_and_gzip_are_followed(tmp_path: Path) -> None:
             app = web.Application()
             app.router.add_get("/old/announce", moved)
             app.router.add_get("/gz/announce", gzipped)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            runner, port = await _serve(app)
             import aiohttp
 
             try:
