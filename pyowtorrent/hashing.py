@@ -353,15 +353,17 @@ class VerifyReport:
     torrent is one run); per-piece views are made on demand.
     """
 
-    __slots__ = ("layout", "passed", "failed_runs", "file_problems")
+    __slots__ = ("layout", "failed_runs", "file_problems")
 
-    def __init__(
-        self, layout: Layout, passed: bytearray, failed_runs: list[FailedRun], file_problems: list[FileProblem]
-    ) -> None:
+    def __init__(self, layout: Layout, failed_runs: list[FailedRun], file_problems: list[FileProblem]) -> None:
         self.layout = layout
-        self.passed = passed  # 1 per good piece, 0 per failed one
         self.failed_runs = failed_runs
         self.file_problems = file_problems
+
+    @property
+    def passed(self) -> bytearray:
+        """1 per good piece, 0 per failed one."""
+        return _outside(self.num_pieces, self.failed_runs)
 
     @property
     def num_pieces(self) -> int:
@@ -496,14 +498,11 @@ def verify_payload(
     # Pieces that touch bytes a file does not have fail unread: a missing
     # file of a huge torrent costs nothing, and its failure is one run.
     absent = _absent_runs(layout, problems)
-    wanted = bytearray(b"\x01") * n
-    for first, last, _ in absent:
-        wanted[first : last + 1] = bytes(last + 1 - first)
+    wanted = _outside(n, absent)
     hashes = hash_pieces(layout, paths, threads=threads, progress=progress, wanted=wanted if absent else None)
     expected = meta.piece_hashes
     if not absent and not hashes.unreadable and hashes.digests == expected:
-        return VerifyReport(layout, bytearray(b"\x01") * n, [], problems)
-    passed = bytearray(n)
+        return VerifyReport(layout, [], problems)
     runs: list[FailedRun] = []
     j = 0  # into absent, which is in stream order
     for i in range(n):
@@ -516,12 +515,20 @@ def verify_payload(
             if reason is None and hashes.digests[20 * i : 20 * i + 20] != expected[20 * i : 20 * i + 20]:
                 reason = "hash mismatch"
         if reason is None:
-            passed[i] = 1
-        elif runs and runs[-1].last == i - 1 and runs[-1].reason == reason:
+            continue
+        if runs and runs[-1].last == i - 1 and runs[-1].reason == reason:
             runs[-1] = runs[-1]._replace(last=i)
         else:
             runs.append(FailedRun(i, i, reason))
-    return VerifyReport(layout, passed, runs, problems)
+    return VerifyReport(layout, runs, problems)
+
+
+def _outside(n: int, runs: Sequence[FailedRun]) -> bytearray:
+    """1 for each of ``n`` pieces outside every run, 0 inside one."""
+    marks = bytearray(b"\x01") * n
+    for first, last, _ in runs:
+        marks[first : last + 1] = bytes(last + 1 - first)
+    return marks
 
 
 def _absent_runs(layout: Layout, problems: Sequence[FileProblem]) -> list[FailedRun]:
