@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 import struct
 from pathlib import Path
@@ -226,5 +227,60 @@ def test_udp_connection_id_is_reused_within_its_lifetime() -> None:
             assert proto.requests == 3  # connect, announce, announce: no second connect
         finally:
             transport.close()
+
+    asyncio.run(main())
+
+
+def test_announce_and_scrape_urls_reach_the_wire_byte_for_byte() -> None:
+    """What goes on the wire is exactly the URL the codec built: every byte value of an
+    info-hash and a peer id arrives %XX-encoded (or unreserved), never re-quoted by the HTTP
+    client into a raw ``$``, ``!``, ``:``… (which opentracker refuses)."""
+    from urllib.parse import unquote_to_bytes, urlsplit
+
+    import aiohttp
+
+    from pyowtorrent.tracker.client import HttpTracker
+    from pyowtorrent.tracker.http_codec import announce_url, scrape_request_url
+
+    lines: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines.append(head.split(b"\r\n", 1)[0])
+        body = b"d8:intervali1800e5:peers0:e"
+        if b"/scrape" in lines[-1]:
+            ih = unquote_to_bytes(lines[-1].split(b"info_hash=", 1)[1].split(b" ", 1)[0])
+            body = b"d5:filesd20:" + ih + b"d8:completei0e10:incompletei0eeee"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    def target(url: str) -> bytes:
+        parts = urlsplit(url)
+        return f"GET {parts.path}?{parts.query} HTTP/1.1".encode()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}/announce"
+        expected: list[bytes] = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                tracker = HttpTracker(base, http)
+                for k in range(13):  # 13 x 20 bytes cover all 256 byte values, in both fields
+                    info_hash = bytes((20 * k + j) % 256 for j in range(20))
+                    peer_id = bytes((20 * k + j + 7) % 256 for j in range(20))
+                    req = AnnounceRequest(info_hash=info_hash, peer_id=peer_id, port=6881, uploaded=0, downloaded=0, left=1)
+                    await tracker.announce(req)
+                    expected.append(target(announce_url(base, req)))
+                    await tracker.scrape(info_hash)
+                    expected.append(target(scrape_request_url(f"http://127.0.0.1:{port}/scrape", [info_hash])))
+        finally:
+            server.close()
+            await server.wait_closed()
+        assert lines == expected
+        for line in lines:
+            query = line.split(b"?", 1)[1].rsplit(b" ", 1)[0]
+            assert re.fullmatch(rb"(?:[A-Za-z0-9._~=&-]|%[0-9A-F]{2})*", query), line
 
     asyncio.run(main())

@@ -198,3 +198,29 @@ def test_libtorrent_leecher_finds_our_seeder_through_our_tracker(tmp_path: Path)
 
     asyncio.run(main())
     assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "lt" / "ds")
+
+
+def test_opentracker_takes_announces_whose_info_hash_and_peer_id_hold_reserved_bytes(
+    opentracker: Callable[[bytes], tuple[int, int]],
+) -> None:
+    """opentracker answers '400 Invalid Request' to a raw '$' in the query: every byte that is
+    not unreserved must reach it %XX-encoded, exactly as the codec wrote it."""
+    import aiohttp
+
+    from pyowtorrent.tracker.client import HttpTracker
+    from pyowtorrent.tracker.http_codec import AnnounceRequest
+
+    reserved = b"!$'()*,/:?@&=+;#[] %"
+    info_hash = reserved[:20]
+    tcp, _ = opentracker(info_hash)
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http:
+            tracker = HttpTracker(f"http://127.0.0.1:{tcp}/announce", http)
+            first = AnnounceRequest(info_hash, b"-XX0000-" + reserved[:12], 6881, 0, 0, 10, "started", 50)
+            second = AnnounceRequest(info_hash, b"-XX0000-" + reserved[8:20], 6882, 0, 0, 10, "started", 50)
+            await tracker.announce(first)
+            resp = await tracker.announce(second)
+            assert ("127.0.0.1", 6881) in resp.peers
+
+    asyncio.run(main())

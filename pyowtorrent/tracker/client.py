@@ -66,10 +66,14 @@ class HttpTracker:
 
     async def _get(self, url: str) -> bytes:
         import aiohttp
+        import yarl
 
         try:
+            # The URL is already percent-encoded byte by byte (the codec's job):
+            # yarl must send it as it is, not re-quote it — opentracker refuses
+            # a raw '$' (and trackers differ on '!', ',', ':', ...).
             async with self._http.get(
-                url, timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=True, max_redirects=5
+                yarl.URL(url, encoded=True), timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=True, max_redirects=5
             ) as resp:
                 if resp.status != 200:
                     raise TrackerError(f"{self.url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
