@@ -381,6 +381,7 @@ class Torrent:
             conn = self._new_connection()
             writer.write(conn.handshake_bytes())
             data = await asyncio.wait_for(_read_handshake(reader), HANDSHAKE_TIMEOUT)
+            parse_handshake(data)  # junk (an HTTP server, MSE/PE) ends this connection only
         except (OSError, asyncio.TimeoutError, ProtocolError, asyncio.IncompleteReadError) as exc:
             log.debug("%s: connecting to %s failed: %r", self.meta.name, addr, exc)
             self.known_peers[addr] = time.monotonic() + self.session.reconnect_delay
