@@ -54,9 +54,9 @@ from _common import (  # noqa: E402  (benchmarks/, beside this script)
 # Run against this checkout whether or not pyowtorrent is installed.
 sys.path.insert(0, str(REPO))
 
-from pyowtorrent.create import auto_piece_length, create_torrent  # noqa: E402
-from pyowtorrent.hashing import default_threads, verify_payload  # noqa: E402
-from pyowtorrent.metainfo import Metainfo  # noqa: E402
+from pyowtorrent.storage.create import auto_piece_length, create_torrent  # noqa: E402
+from pyowtorrent.storage.hasher import default_threads, verify_payload  # noqa: E402
+from pyowtorrent.metainfo.torrent_file import Metainfo  # noqa: E402
 
 BASELINE_BUFFER = 256 * MiB
 BASELINE_SLICE = 1 * MiB
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace, root: Path, threads: int, piece_length: int) -
     best = children[walls.index(min(walls))]
     peak = max(c.maxrss for c in children) / MiB
     rows.append(Row("python -m pyowtorrent.verify", best.wall, best.cpu, size, walls, "whole process", peak))
-    startup = min(run_measured([sys.executable, "-c", "import pyowtorrent.verify"]).wall for _ in range(repeat))
+    startup = min(run_measured([sys.executable, "-c", "import pyowtorrent.cli.verify"]).wall for _ in range(repeat))
     # Measured again at the end: a baseline run slowed by other work would
     # inflate every ratio, and the load may have changed since the start.
     rows[0] = base = merge(rows[0], best_of("", len(view), repeat, baseline))
@@ -342,7 +342,7 @@ def run(args: argparse.Namespace, root: Path, threads: int, piece_length: int) -
     )
     print(f"MB = 10^6 bytes; × base = throughput / single-core in-memory sha1; best of {repeat}")
     print(table(rows, base.mb_s))
-    print(f"verify child start-up (python -c 'import pyowtorrent.verify'): {startup * 1000:.0f} ms")
+    print(f"verify child start-up (python -c 'import pyowtorrent.cli.verify'): {startup * 1000:.0f} ms")
     print(
         f"target (whole process, 2 GiB single file): ≥ {TARGET_RATIO:.2f}× and < {TARGET_RSS_MIB} MiB; "
         f"this run {whole.mb_s / base.mb_s:.2f}× and {whole.rss_mib:.1f} MiB: "

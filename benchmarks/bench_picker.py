@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyowtorrent.picker import BLOCK, Block, PiecePicker, unpack_bitfield  # noqa: E402
+from pyowtorrent.strategy.picker import BLOCK, Block, PiecePicker, unpack_bitfield  # noqa: E402
 
 
 class Row:

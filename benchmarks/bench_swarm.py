@@ -470,8 +470,8 @@ def run_case(
 
 def check_download(torrent: Path, out: Path) -> None:
     """Hash what the leecher wrote: a fast figure must never be a wrong one."""
-    from pyowtorrent.hashing import verify_payload
-    from pyowtorrent.metainfo import load_metainfo
+    from pyowtorrent.storage.hasher import verify_payload
+    from pyowtorrent.metainfo.torrent_file import load_metainfo
 
     meta = load_metainfo(torrent)
     report = verify_payload(meta, out / meta.name)
@@ -561,7 +561,7 @@ def profile_summary(path: Path, top: int = 12) -> str:
     lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
     lines.append("  inclusive (below the event loop):")
     skip = ("<module>", "_run_code", "_run_module_as_main", "main (cli.py)", "run_command", "run (", "Runner.run",
-            "BaseEventLoop.run", "run_download", "run_seed", "_run (cli_engine.py)", "Thread._bootstrap", "Thread.run")
+            "BaseEventLoop.run", "run_download", "run_seed", "_run (engine.py)", "Thread._bootstrap", "Thread.run")
     ranked = [(f, n) for f, n in sorted(incl.items(), key=lambda kv: -kv[1]) if not f.startswith(skip)]
     lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in ranked[:top]]
     return "\n".join(lines)
@@ -634,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
-    from pyowtorrent.create import create_torrent
+    from pyowtorrent.storage.create import create_torrent
 
     size = args.size
     seed_dir = root / "seed"

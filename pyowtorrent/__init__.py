@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import (  # noqa: E402  (cheap, and every caller wants them)
     BencodeError,
@@ -23,14 +23,14 @@ from .errors import (  # noqa: E402  (cheap, and every caller wants them)
 )
 
 _LAZY = {
-    "Metainfo": ".metainfo",
-    "load_metainfo": ".metainfo",
-    "parse_metainfo": ".metainfo",
-    "Magnet": ".magnet",
-    "parse_magnet": ".magnet",
-    "create_torrent": ".create",
-    "VerifyReport": ".hashing",
-    "verify_payload": ".hashing",
+    "Metainfo": ".metainfo.torrent_file",
+    "load_metainfo": ".metainfo.torrent_file",
+    "parse_metainfo": ".metainfo.torrent_file",
+    "Magnet": ".metainfo.magnet",
+    "parse_magnet": ".metainfo.magnet",
+    "create_torrent": ".storage.create",
+    "VerifyReport": ".storage.hasher",
+    "verify_payload": ".storage.hasher",
 }
 
 __all__ = [
@@ -58,7 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .create import create_torrent
-    from .hashing import VerifyReport, verify_payload
-    from .magnet import Magnet, parse_magnet
-    from .metainfo import Metainfo, load_metainfo, parse_metainfo
+    from .storage.create import create_torrent
+    from .storage.hasher import VerifyReport, verify_payload
+    from .metainfo.magnet import Magnet, parse_magnet
+    from .metainfo.torrent_file import Metainfo, load_metainfo, parse_metainfo

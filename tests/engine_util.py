@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from pyowtorrent.create import create_torrent
-from pyowtorrent.metainfo import Metainfo
+from pyowtorrent.storage.create import create_torrent
+from pyowtorrent.metainfo.torrent_file import Metainfo
 
 
 def make_payload(root: Path, sizes: dict[str, int], seed: int = 1) -> Path:

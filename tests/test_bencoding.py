@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.bencoding import MAX_DEPTH, MAX_TOKENS, Bencached, decode, decode_dict_with_spans, encode
+from pyowtorrent.metainfo.bencoding import MAX_DEPTH, MAX_TOKENS, Bencached, decode, decode_dict_with_spans, encode
 from pyowtorrent.errors import BencodeError
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
@@ -308,7 +308,7 @@ def test_token_limit() -> None:
 @pytest.fixture
 def small_budget(monkeypatch: pytest.MonkeyPatch) -> int:
     """The token limit lowered to 1000 (the decoder takes it as a default argument)."""
-    from pyowtorrent import bencoding
+    from pyowtorrent.metainfo import bencoding
 
     monkeypatch.setattr(bencoding._Decoder.__init__, "__defaults__", (1000,))
     return 1000

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.choker import ChokeDecision, Choker, PeerStats
+from pyowtorrent.strategy.choker import ChokeDecision, Choker, PeerStats
 
 
 def peer(key: Hashable, down: float = 0.0, up: float = 0.0, *, interested: bool = True, **kw: object) -> PeerStats:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pyowtorrent.bencoding import encode
-from pyowtorrent.create import create_torrent
+from pyowtorrent.metainfo.bencoding import encode
+from pyowtorrent.storage.create import create_torrent
 
 from .conftest import REPO
 

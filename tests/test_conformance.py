@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pyowtorrent.errors import MetainfoError
-from pyowtorrent.metainfo import Metainfo, load_metainfo
+from pyowtorrent.metainfo.torrent_file import Metainfo, load_metainfo
 
 from .conftest import CONFORMANCE
 

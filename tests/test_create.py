@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pyowtorrent.bencoding import decode
-from pyowtorrent.create import auto_piece_length, create_torrent
+from pyowtorrent.metainfo.bencoding import decode
+from pyowtorrent.storage.create import auto_piece_length, create_torrent
 from pyowtorrent.errors import MetainfoError, StorageError
-from pyowtorrent.hashing import verify_payload
-from pyowtorrent.metainfo import parse_metainfo
+from pyowtorrent.storage.hasher import verify_payload
+from pyowtorrent.metainfo.torrent_file import parse_metainfo
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from pyowtorrent.errors import PyowtorrentError
-from pyowtorrent.metainfo import Metainfo
-from pyowtorrent.session import Session
-from pyowtorrent.torrent import TorrentEvent, TorrentState
+from pyowtorrent.metainfo.torrent_file import Metainfo
+from pyowtorrent.engine.session import Session
+from pyowtorrent.engine.torrent import TorrentEvent, TorrentState
 from pyowtorrent.wire import (
     Bitfield,
     HaveAll,
@@ -355,7 +355,7 @@ def test_one_session_runs_several_torrents(tmp_path: Path) -> None:
 
 
 def test_a_flood_of_silent_connections_is_turned_away(tmp_path: Path) -> None:
-    from pyowtorrent.session import MAX_PENDING_HANDSHAKES
+    from pyowtorrent.engine.session import MAX_PENDING_HANDSHAKES
 
     meta, seed_dir = make_torrent(tmp_path, {"data.bin": 100_000})
 

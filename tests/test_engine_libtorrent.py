@@ -29,10 +29,10 @@ from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
-from pyowtorrent.create import create_torrent
-from pyowtorrent.metainfo import Metainfo, parse_metainfo
-from pyowtorrent.session import Session
-from pyowtorrent.torrent import Torrent, TorrentEvent, TorrentState
+from pyowtorrent.storage.create import create_torrent
+from pyowtorrent.metainfo.torrent_file import Metainfo, parse_metainfo
+from pyowtorrent.engine.session import Session
+from pyowtorrent.engine.torrent import Torrent, TorrentEvent, TorrentState
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.bencoding import encode
-from pyowtorrent.create import create_torrent
-from pyowtorrent.hashing import hash_pieces, payload_paths, verify_payload
-from pyowtorrent.layout import FileEntry, Layout
-from pyowtorrent.metainfo import parse_metainfo
+from pyowtorrent.metainfo.bencoding import encode
+from pyowtorrent.storage.create import create_torrent
+from pyowtorrent.storage.hasher import hash_pieces, payload_paths, verify_payload
+from pyowtorrent.metainfo.layout import FileEntry, Layout
+from pyowtorrent.metainfo.torrent_file import parse_metainfo
 
 
 def _layout(sizes: list[int], piece_length: int) -> Layout:

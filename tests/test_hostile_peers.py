@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pyowtorrent.session import Session
-from pyowtorrent.torrent import TorrentState
+from pyowtorrent.engine.session import Session
+from pyowtorrent.engine.torrent import TorrentState
 
 from .engine_util import make_torrent, same_tree, until
 

@@ -1,6 +1,6 @@
 """Interoperability with libtorrent, run for real: torrents made by each side are read and checked by the other.
 
-1. A torrent ``pyowtorrent.create`` makes loads in libtorrent with the same
+1. A torrent ``pyowtorrent.storage.create`` makes loads in libtorrent with the same
    info-hash, files, piece length and piece hashes, and libtorrent's own check
    of the payload finds every piece (it seeds).  When a byte is damaged,
    libtorrent and ``verify_payload`` agree on exactly which piece is bad.
@@ -29,9 +29,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from pyowtorrent.create import auto_piece_length, create_torrent
-from pyowtorrent.hashing import verify_payload
-from pyowtorrent.metainfo import Metainfo, load_metainfo, parse_metainfo
+from pyowtorrent.storage.create import auto_piece_length, create_torrent
+from pyowtorrent.storage.hasher import verify_payload
+from pyowtorrent.metainfo.torrent_file import Metainfo, load_metainfo, parse_metainfo
 
 from .conftest import REPO
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pyowtorrent.errors import MagnetError, MetainfoError
-from pyowtorrent.magnet import Magnet, parse_magnet
-from pyowtorrent.metainfo import is_tracker_url, load_metainfo
+from pyowtorrent.metainfo.magnet import Magnet, parse_magnet
+from pyowtorrent.metainfo.torrent_file import is_tracker_url, load_metainfo
 
 from .conftest import CONFORMANCE
 

@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.bencoding import decode_dict_with_spans
+from pyowtorrent.metainfo.bencoding import decode_dict_with_spans
 from pyowtorrent.errors import MetainfoError
-from pyowtorrent.metainfo import Metainfo, parse_metainfo
+from pyowtorrent.metainfo.torrent_file import Metainfo, parse_metainfo
 
 from .conftest import CONFORMANCE
 from .lt_util import lt_tracker_tiers

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pyowtorrent.errors import MetainfoError
-from pyowtorrent.metainfo import parse_metainfo
-from pyowtorrent.paths import MAX_ELEMENT_BYTES, resolve_duplicates, sanitize_element, sanitize_name
+from pyowtorrent.metainfo.torrent_file import parse_metainfo
+from pyowtorrent.metainfo.paths import MAX_ELEMENT_BYTES, resolve_duplicates, sanitize_element, sanitize_name
 
 import libtorrent as lt  # noqa: E402  (test-only reference implementation)
 

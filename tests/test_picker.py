@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pyowtorrent.picker import BLOCK, MAX_PRIORITY, Block, PiecePicker, unpack_bitfield
+from pyowtorrent.strategy.picker import BLOCK, MAX_PRIORITY, Block, PiecePicker, unpack_bitfield
 
 
 def ALL(i: int) -> bool:

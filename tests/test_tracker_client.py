@@ -12,10 +12,10 @@ from pathlib import Path
 from aiohttp import web
 
 from pyowtorrent.errors import TrackerError
-from pyowtorrent.session import Session
-from pyowtorrent.tracker.client import UdpTracker
+from pyowtorrent.engine.session import Session
+from pyowtorrent.engine.trackers import UdpTracker
 from pyowtorrent.tracker.http_codec import AnnounceRequest
-from pyowtorrent.tracker.server import Tracker
+from pyowtorrent.service.tracker import Tracker
 from pyowtorrent.tracker.tiers import TrackerTiers
 
 from .engine_util import same_tree, until
@@ -184,7 +184,7 @@ def test_started_completed_and_stopped_reach_the_tracker(tmp_path: Path) -> None
 
 def test_http_redirects_and_gzip_are_followed(tmp_path: Path) -> None:
     """A tracker behind a redirect, answering gzip-compressed, still gives its peers."""
-    from pyowtorrent.tracker.client import HttpTracker
+    from pyowtorrent.engine.trackers import HttpTracker
 
     async def main() -> None:
         async with Tracker() as real:
@@ -239,7 +239,7 @@ def test_announce_and_scrape_urls_reach_the_wire_byte_for_byte() -> None:
 
     import aiohttp
 
-    from pyowtorrent.tracker.client import HttpTracker
+    from pyowtorrent.engine.trackers import HttpTracker
     from pyowtorrent.tracker.http_codec import announce_url, scrape_request_url
 
     lines: list[bytes] = []

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.bencoding import encode
+from pyowtorrent.metainfo.bencoding import encode
 from pyowtorrent.errors import TrackerError
 from pyowtorrent.tracker.http_codec import (
     DEFAULT_INTERVAL,

@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 import yarl
 
-from pyowtorrent.bencoding import decode
-from pyowtorrent.tracker.server import MAX_QUERY_LENGTH, NOT_ALLOWED, Tracker, peer_address
+from pyowtorrent.metainfo.bencoding import decode
+from pyowtorrent.service.tracker import MAX_QUERY_LENGTH, NOT_ALLOWED, Tracker, peer_address
 
 HASH_A = b"A" * 20
 HASH_B = b"B" * 20

@@ -2,7 +2,7 @@
 
 libtorrent silently drops tracker URLs it finds invalid, from a torrent's
 ``announce``/``announce-list`` and from a magnet's ``tr``.  We drop the same
-ones (:func:`pyowtorrent.metainfo.is_tracker_url`), so that a torrent names
+ones (:func:`pyowtorrent.metainfo.torrent_file.is_tracker_url`), so that a torrent names
 the same trackers in both; from a torrent we also drop the schemes we cannot
 announce to (``ws``/``wss``), a deliberate difference.
 """
@@ -16,8 +16,8 @@ import bencodepy
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.magnet import parse_magnet
-from pyowtorrent.metainfo import is_tracker_url, parse_metainfo
+from pyowtorrent.metainfo.magnet import parse_magnet
+from pyowtorrent.metainfo.torrent_file import is_tracker_url, parse_metainfo
 
 from .lt_util import lt_tracker_tiers
 

@@ -12,10 +12,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from pyowtorrent.create import create_torrent
-from pyowtorrent.metainfo import Metainfo
-from pyowtorrent.session import Session
-from pyowtorrent.tracker.server import Tracker
+from pyowtorrent.storage.create import create_torrent
+from pyowtorrent.metainfo.torrent_file import Metainfo
+from pyowtorrent.engine.session import Session
+from pyowtorrent.service.tracker import Tracker
 
 from .engine_util import make_payload, same_tree, until
 from .lt_util import lt_session
@@ -207,7 +207,7 @@ def test_opentracker_takes_announces_whose_info_hash_and_peer_id_hold_reserved_b
     not unreserved must reach it %XX-encoded, exactly as the codec wrote it."""
     import aiohttp
 
-    from pyowtorrent.tracker.client import HttpTracker
+    from pyowtorrent.engine.trackers import HttpTracker
     from pyowtorrent.tracker.http_codec import AnnounceRequest
 
     reserved = b"!$'()*,/:?@&=+;#[] %"

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.bencoding import encode
+from pyowtorrent.metainfo.bencoding import encode
 from pyowtorrent.errors import ProtocolError
 from pyowtorrent.wire import (
     HANDSHAKE_LENGTH,

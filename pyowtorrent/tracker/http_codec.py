@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard, get_args
 from urllib.parse import quote, quote_from_bytes
 
-from ..bencoding import decode
+from ..metainfo.bencoding import decode
 from ..errors import BencodeError, TrackerError
 from .peers import address_text, parse_compact_peers, parse_compact_peers6
 

@@ -10,7 +10,7 @@ import enum
 import struct
 from typing import Any, Callable, TypeVar
 
-from ..bencoding import decode, encode
+from ..metainfo.bencoding import decode, encode
 from ..errors import BencodeError
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
 from .events import (

@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .bencoding import Bencached, encode
-from .errors import MetainfoError, StorageError
-from .hashing import Progress, hash_pieces
-from .layout import FileEntry, Layout
-from .metainfo import MAX_PIECE_LENGTH, Metainfo, is_tracker_url, parse_metainfo
+from .._version import __version__
+from ..metainfo.bencoding import Bencached, encode
+from ..errors import MetainfoError, StorageError
+from .hasher import Progress, hash_pieces
+from ..metainfo.layout import FileEntry, Layout
+from ..metainfo.torrent_file import MAX_PIECE_LENGTH, Metainfo, is_tracker_url, parse_metainfo
 
 __all__ = ["auto_piece_length", "create_torrent", "list_files"]
 

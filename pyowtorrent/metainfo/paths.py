@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import MetainfoError
+from ..errors import MetainfoError
 
 __all__ = ["MAX_ELEMENT_BYTES", "resolve_duplicates", "sanitize_element", "sanitize_name"]
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..errors import TrackerError
-from .http_codec import (
+from ..tracker.http_codec import (
     MAX_RESPONSE_BYTES,
     AnnounceRequest,
     AnnounceResponse,
@@ -28,7 +28,7 @@ from .http_codec import (
     scrape_url,
     announce_url,
 )
-from .udp_codec import (
+from ..tracker.udp_codec import (
     ACTION_ANNOUNCE,
     ACTION_CONNECT,
     ACTION_SCRAPE,

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import string
 from typing import Any
 
 from .bencoding import Bencached, decode_dict_with_spans, encode
-from .errors import BencodeError, MetainfoError
+from ..errors import BencodeError, MetainfoError
 from .layout import FileEntry, Layout
 from .paths import decode_text, resolve_duplicates, sanitize_element, sanitize_name
+from .urls import ANNOUNCE_SCHEMES, is_tracker_url
 
 __all__ = ["Metainfo", "is_tracker_url", "load_metainfo", "parse_metainfo", "MAX_TORRENT_SIZE", "MAX_PIECES"]
 
@@ -33,11 +33,6 @@ MAX_FILE_LENGTH = 0x3FFFFFFF * 0x4000 - 1
 MAX_TOTAL_LENGTH = (1 << 48) - 1
 # Legacy (pre-BEP 47) pad files are recognised by name, as libtorrent does.
 _LEGACY_PAD_MARK = "_____padding_file_"
-# Tracker URL schemes libtorrent keeps; we announce over the first three.
-_KNOWN_TRACKER_SCHEMES = frozenset(("http", "https", "udp", "ws", "wss"))
-ANNOUNCE_SCHEMES = frozenset(("http", "https", "udp"))
-_AUTHORITY_END = re.compile(r"[/?#]")
-_TRACKER_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[^\]]+\]")
 
 
 class Metainfo:
@@ -389,44 +384,6 @@ def _strings(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
     return [v.decode("utf-8", "replace").strip() for v in value if isinstance(v, bytes) and v.strip()]
-
-
-def is_tracker_url(url: str) -> bool:
-    """Whether ``url`` is a tracker URL libtorrent (2.1) keeps; it drops the others silently.
-
-    Its rules, checked against it over tens of thousands of generated URLs
-    (``tests/test_tracker_urls.py``): a known scheme and ``://``; no space,
-    control character or DEL anywhere (a torrent's URLs have leading
-    whitespace trimmed first, a magnet's not); user info only as
-    ``user:password@``; a host of ASCII letters, digits, dots and hyphens,
-    or anything in brackets; a port, if any, of ASCII digits.
-    """
-    if any(c <= " " or c == "\x7f" for c in url):
-        return False
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in _KNOWN_TRACKER_SCHEMES:
-        return False
-    authority = _AUTHORITY_END.split(rest, 1)[0]
-    at = authority.find("@")
-    if at != -1:
-        colon = authority.find(":")
-        if colon == -1 or colon > at:
-            return False
-        authority = authority[at + 1 :]
-    port: str | None
-    if authority.startswith("["):
-        close = authority.find("]")
-        if close == -1:
-            return False
-        host, after = authority[: close + 1], authority[close + 1 :]
-        port = after[1:] if after.startswith(":") else None
-    else:
-        host, colon_sep, port = authority.partition(":")
-        if not colon_sep:
-            port = None
-    if not _TRACKER_HOST.fullmatch(host):
-        return False
-    return port is None or (port.isascii() and port.isdigit())
 
 
 def _parse_trackers(top: dict[bytes, Any]) -> tuple[tuple[str, ...], ...]:

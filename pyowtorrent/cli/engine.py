@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any
 
-from .errors import PyowtorrentError
-from .metainfo import load_metainfo
+from ..errors import PyowtorrentError
+from ..metainfo.torrent_file import load_metainfo
 
 
 def add_arguments(sub: Any) -> None:
@@ -71,7 +71,7 @@ def run_tracker(args: argparse.Namespace) -> int:
     allowed = [load_metainfo(t).info_hash for t in args.allow] or None
 
     async def main() -> int:
-        from .tracker.server import Tracker
+        from ..service.tracker import Tracker
 
         stop, code = _stop_on_signals()
         tracker = Tracker(interval=args.interval, allowed_info_hashes=allowed)
@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
     meta = load_metainfo(args.torrent)
 
     async def main() -> int:
-        from .session import Session
+        from ..engine.session import Session
 
         stop, outcome = _stop_on_signals()
         listen = args.listen or ["0.0.0.0", "::"]

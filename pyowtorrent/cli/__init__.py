@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .errors import PyowtorrentError
+from .._version import __version__
+from ..errors import PyowtorrentError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("verify", help="check a payload against a .torrent")
     verify_mod.build_parser(p)
 
-    from . import cli_engine
+    from . import engine as cli_engine
 
     cli_engine.add_arguments(sub)
 
@@ -71,7 +71,7 @@ def _size(text: str) -> int:
 
 def _create(args: argparse.Namespace) -> int:
     from . import verify as verify_mod
-    from .create import create_torrent, list_files
+    from ..storage.create import create_torrent, list_files
 
     src = Path(args.path)
     total = sum(s for _, s, _ in list_files(src)) if src.is_dir() else (src.stat().st_size if src.is_file() else 0)
@@ -122,7 +122,7 @@ def info_dict(meta: Any) -> dict[str, Any]:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .metainfo import load_metainfo
+    from ..metainfo.torrent_file import load_metainfo
 
     meta = load_metainfo(args.torrent)
     doc = info_dict(meta)

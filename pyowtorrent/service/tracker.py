@@ -58,7 +58,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from ..bencoding import encode
+from ..metainfo.bencoding import encode
 
 log = logging.getLogger(__name__)
 

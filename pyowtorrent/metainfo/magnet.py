@@ -8,8 +8,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote
 
-from .errors import MagnetError
-from .metainfo import is_tracker_url
+from ..errors import MagnetError
+from .urls import is_tracker_url
 
 __all__ = ["Magnet", "parse_magnet"]
 

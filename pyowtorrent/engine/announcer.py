@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import TrackerError
-from .client import TrackerClient, make_client
-from .http_codec import AnnounceRequest
-from .tiers import TrackerEntry, TrackerTiers
+from .trackers import TrackerClient, make_client
+from ..tracker.http_codec import AnnounceRequest
+from ..tracker.tiers import TrackerEntry, TrackerTiers
 
 if TYPE_CHECKING:
-    from ..torrent import Torrent
+    from .torrent import Torrent
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
-from .choker import Choker, PeerStats
-from .errors import ProtocolError, PyowtorrentError, StorageError
-from .metainfo import Metainfo
+from ..strategy.choker import Choker, PeerStats
+from ..errors import ProtocolError, PyowtorrentError, StorageError
+from ..metainfo.torrent_file import Metainfo
 from .peer import OUR_REQQ, Peer, RateMeter
-from .picker import Block, PiecePicker
-from .storage import ResumeData, Storage, write_atomically
-from .tracker.announcer import Announcer, TrackerStatus
-from .wire import events as ev
-from .wire import PeerConnection, parse_handshake
+from ..strategy.picker import Block, PiecePicker
+from ..storage.files import ResumeData, Storage, write_atomically
+from .announcer import Announcer, TrackerStatus
+from ..wire import events as ev
+from ..wire import PeerConnection, parse_handshake
 
 if TYPE_CHECKING:
     from .session import Session

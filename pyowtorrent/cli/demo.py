@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .create import create_torrent
-from .hashing import verify_payload
+from ..storage.create import create_torrent
+from ..storage.hasher import verify_payload
 
 
 def make_sample(root: Path, size: int) -> Path:
@@ -33,8 +33,8 @@ def make_sample(root: Path, size: int) -> Path:
 
 
 async def _demo(root: Path, size: int) -> int:
-    from .session import Session
-    from .tracker.server import Tracker
+    from ..engine.session import Session
+    from ..service.tracker import Tracker
 
     seed_dir = root / "seeder"
     ds = make_sample(seed_dir, size)

@@ -15,11 +15,11 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from .errors import PyowtorrentError
-from .picker import Block, unpack_bitfield
-from .wire import events as ev
-from .wire.connection import PeerConnection
-from .wire.errors import RemoteProtocolError
+from ..errors import PyowtorrentError
+from ..strategy.picker import Block, unpack_bitfield
+from ..wire import events as ev
+from ..wire.connection import PeerConnection
+from ..wire.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
     from .torrent import Torrent

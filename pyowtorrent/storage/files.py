@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import StorageError
-from .hashing import Progress, check_files, hash_pieces
-from .metainfo import Metainfo
+from ..errors import StorageError
+from .hasher import Progress, check_files, hash_pieces
+from ..metainfo.torrent_file import Metainfo
 
 log = logging.getLogger(__name__)
 

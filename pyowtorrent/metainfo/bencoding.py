@@ -15,7 +15,7 @@ from typing import Any
 
 from bencodepy import Bencached, BencodeDecodeError, BencodeDecoder, BencodeEncoder  # type: ignore[import-untyped]
 
-from .errors import BencodeError
+from ..errors import BencodeError
 
 __all__ = ["Bencached", "decode", "decode_dict_with_spans", "encode", "MAX_DEPTH"]
 

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .errors import ProtocolError, PyowtorrentError
-from .metainfo import Metainfo, load_metainfo
+from .._version import __version__
+from ..errors import ProtocolError, PyowtorrentError
+from ..metainfo.torrent_file import Metainfo, load_metainfo
 from .torrent import HANDSHAKE_TIMEOUT, Torrent, _read_handshake
-from .wire import parse_handshake
+from ..wire import parse_handshake
 
 log = logging.getLogger(__name__)
 

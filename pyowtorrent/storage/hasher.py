@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
-from .layout import FileEntry, Layout
-from .metainfo import Metainfo, load_metainfo
+from ..metainfo.layout import FileEntry, Layout
+from ..metainfo.torrent_file import Metainfo, load_metainfo
 
 __all__ = [
     "CHUNK",
