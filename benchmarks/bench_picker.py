@@ -33,7 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyowtorrent.strategy.picker import BLOCK, Block, PiecePicker, unpack_bitfield  # noqa: E402
+from pyowtorrent.metainfo.layout import BLOCK_SIZE as BLOCK  # noqa: E402
+from pyowtorrent.strategy.picker import Block, PiecePicker  # noqa: E402
+from pyowtorrent.wire.bitfield import bitfield_flags  # noqa: E402
 
 
 class Row:
@@ -73,7 +75,7 @@ def random_bitfields(rng: random.Random, num_pieces: int, num_peers: int) -> lis
         a, b = rng.getrandbits(8 * nbytes), rng.getrandbits(8 * nbytes)
         word = (a & b, a, a | b)[rng.randrange(3)]
         word &= ~((1 << (8 * nbytes - num_pieces)) - 1)  # spare bits must be zero
-        out.append(bytearray(unpack_bitfield(word.to_bytes(nbytes, "big"), num_pieces)))
+        out.append(bitfield_flags(word.to_bytes(nbytes, "big"), num_pieces))
     # a piece nobody has would never finish: give it to someone
     for i in range(num_pieces):
         if not any(bits[i] for bits in out):

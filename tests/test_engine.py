@@ -14,7 +14,15 @@ import pytest
 from pyowtorrent.errors import PyowtorrentError
 from pyowtorrent.metainfo.torrent_file import Metainfo
 from pyowtorrent.engine.session import Session
-from pyowtorrent.engine.torrent import TorrentEvent, TorrentState
+from pyowtorrent.engine.events import (
+    Completed,
+    PeerBanned,
+    PeerDisconnected,
+    PieceFailed,
+    PieceVerified,
+    TorrentEvent,
+    TorrentState,
+)
 from pyowtorrent.wire import (
     Bitfield,
     HaveAll,
@@ -50,8 +58,8 @@ def test_download_from_one_seeder_is_byte_exact(tmp_path: Path) -> None:
             st = leecher.status()
             assert st.state is TorrentState.SEEDING and st.progress == 1.0
             assert st.pieces_have == meta.num_pieces and st.bytes_done == meta.total_length
-            kinds = [e.kind for e in events]
-            assert kinds.count("piece_verified") == meta.num_pieces and kinds[-1] == "completed" or "completed" in kinds
+            assert sum(isinstance(e, PieceVerified) for e in events) == meta.num_pieces
+            assert sum(isinstance(e, Completed) for e in events) == 1
 
     asyncio.run(main())
     assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
@@ -103,11 +111,11 @@ def test_lying_peer_is_banned_and_the_download_still_correct(tmp_path: Path) -> 
             leecher = await leech_s.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.2", liar_s.listen_port)])
             events: list[TorrentEvent] = []
             leecher.add_listener(events.append)
-            await until(lambda: any(e.kind == "piece_failed" for e in events), what="a failed piece")
+            await until(lambda: any(isinstance(e, PieceFailed) for e in events), what="a failed piece")
             leecher.add_peer("127.0.0.1", honest_s.listen_port)
             await leecher.wait_done(timeout=60)
             assert "127.0.0.2" in leecher.banned
-            assert any(e.kind == "peer_banned" for e in events)
+            assert any(isinstance(e, PeerBanned) and e.ip == "127.0.0.2" for e in events)
             assert not any(p.address[0] == "127.0.0.2" for p in leecher.peers.values())
 
     asyncio.run(main())
@@ -166,11 +174,11 @@ def test_download_survives_a_misbehaving_peer(tmp_path: Path, behaviour: str) ->
             events: list[TorrentEvent] = []
             leecher.add_listener(events.append)
             if behaviour != "silent":
-                await until(lambda: any(e.kind == "peer_disconnected" for e in events), what="the bad peer to go")
-                gone = next(e for e in events if e.kind == "peer_disconnected")
+                await until(lambda: any(isinstance(e, PeerDisconnected) for e in events), what="the bad peer to go")
+                gone = next(e for e in events if isinstance(e, PeerDisconnected))
                 assert gone.peer == ("127.0.0.3", port)
                 if behaviour == "garbage":
-                    assert gone.message is not None and "protocol violation" in gone.message
+                    assert "protocol violation" in gone.reason
             else:
                 await until(lambda: any(p.snubbed for p in leecher.peers.values()), what="the silent peer to be snubbed")
             leecher.add_peer("127.0.0.1", good_s.listen_port)
@@ -288,7 +296,7 @@ def test_pause_resume_remove(tmp_path: Path) -> None:
             t.resume()
             await t.wait_done(timeout=60)
             assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
-            await t.remove(delete_files=True)
+            await s2.remove_torrent(t, delete_files=True)
             assert meta.info_hash not in s2.torrents
             assert not (tmp_path / "leech" / "ds" / "data.bin").exists()
 
@@ -363,13 +371,13 @@ def test_a_flood_of_silent_connections_is_turned_away(tmp_path: Path) -> None:
         async with lo_session() as s1, lo_session() as s2:
             await s1.add_torrent(meta, seed_dir)
             silent = [await asyncio.open_connection("127.0.0.1", s1.listen_port) for _ in range(MAX_PENDING_HANDSHAKES)]
-            await until(lambda: s1._handshaking == MAX_PENDING_HANDSHAKES, what="the silent connections to be waiting")
+            await until(lambda: s1.handshaking == MAX_PENDING_HANDSHAKES, what="the silent connections to be waiting")
             reader, writer = await asyncio.open_connection("127.0.0.1", s1.listen_port)
             assert await asyncio.wait_for(reader.read(1), 10) == b""  # one too many: closed at once
             writer.close()
             for _, w in silent:
                 w.close()
-            await until(lambda: s1._handshaking == 0, what="the silent connections to be dropped")
+            await until(lambda: s1.handshaking == 0, what="the silent connections to be dropped")
             t = await s2.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.1", s1.listen_port)])
             await t.wait_done(timeout=30)  # real peers are served again
 

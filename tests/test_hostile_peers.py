@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pyowtorrent.engine.session import Session
-from pyowtorrent.engine.torrent import TorrentState
+from pyowtorrent.engine.events import TorrentState
 
 from .engine_util import make_torrent, same_tree, until
 

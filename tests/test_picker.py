@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pyowtorrent.strategy.picker import BLOCK, MAX_PRIORITY, Block, PiecePicker, unpack_bitfield
+from pyowtorrent.metainfo.layout import BLOCK_SIZE as BLOCK
+from pyowtorrent.strategy.picker import MAX_PRIORITY, Block, PiecePicker
 
 
 def ALL(i: int) -> bool:
@@ -107,14 +108,6 @@ def test_a_bitfield_of_the_wrong_length_is_refused() -> None:
         picker.peer_bitfield(b"\x01\x01\x01")
     with pytest.raises(IndexError):
         picker.peer_have(4)
-
-
-def test_unpack_bitfield_reads_the_wire_format_high_bit_first() -> None:
-    assert unpack_bitfield(bytes([0b10100000, 0b01000000]), 10) == bytes([1, 0, 1, 0, 0, 0, 0, 0, 0, 1])
-    with pytest.raises(ValueError):
-        unpack_bitfield(bytes([0b10100001]), 3)  # spare bit set
-    with pytest.raises(ValueError):
-        unpack_bitfield(bytes(2), 3)
 
 
 class AvailabilityModel(RuleBasedStateMachine):

@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from ..engine.events import Completed, PeerBanned, PieceFailed, StateChanged, TorrentEvent, TorrentFailed, TorrentState
 from ..errors import PyowtorrentError
 from ..metainfo.torrent_file import load_metainfo
 
@@ -119,17 +120,26 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
             for host, port in session.listen_addresses:
                 report.line({"event": "listening", "host": host, "port": port}, f"listening on {_fmt(host, port)}")
             torrent = await session.add_torrent(meta, args.output, peers=args.peer)
-            torrent.add_listener(lambda e: report.event(e))
+            # A state change (done, error) wakes the loop at once, not at its next status tick.
+            changed = asyncio.Event()
+
+            def on_event(e: TorrentEvent) -> None:
+                report.event(e)
+                if isinstance(e, StateChanged):
+                    changed.set()
+
+            torrent.add_listener(on_event)
             deadline = None if args.timeout is None else time.monotonic() + args.timeout
             done_reported = False
             while not stop.is_set():
+                changed.clear()
                 st = torrent.status()
                 report.status(st)
-                if st.state.value == "error":
+                if st.state is TorrentState.ERROR:
                     report.close()
                     print(f"error: {st.error}", file=sys.stderr)
                     return 1
-                if st.progress >= 1.0 and st.state.value == "seeding" and not done_reported:
+                if st.progress >= 1.0 and st.state is TorrentState.SEEDING and not done_reported:
                     done_reported = True
                     report.line({"event": "done", "bytes": st.bytes_total}, f"done: {meta.name} verified on disk")
                     if not args.seed:
@@ -138,10 +148,7 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
                     report.close()
                     print(f"error: not done after {args.timeout:g} s", file=sys.stderr)
                     return 1
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
+                await _first_of(stop, changed, timeout=1.0)
             report.close()
         return outcome.get("signal", 0)
 
@@ -150,6 +157,15 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
     except PyowtorrentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+async def _first_of(*events: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _fmt(host: str, port: int) -> str:
@@ -176,9 +192,20 @@ class _Reporter:
         else:
             print(text, flush=True)
 
-    def event(self, e: Any) -> None:
-        if self.as_json and e.kind in ("piece_failed", "peer_banned", "error", "completed"):
-            print(json.dumps({"event": e.kind, "piece": e.piece, "message": e.message}), flush=True)
+    def event(self, e: TorrentEvent) -> None:
+        if not self.as_json:
+            return
+        if isinstance(e, PieceFailed):
+            doc: dict[str, Any] = {"event": "piece_failed", "piece": e.piece}
+        elif isinstance(e, PeerBanned):
+            doc = {"event": "peer_banned", "ip": e.ip, "message": e.reason}
+        elif isinstance(e, TorrentFailed):
+            doc = {"event": "error", "message": e.message}
+        elif isinstance(e, Completed):
+            doc = {"event": "completed"}
+        else:
+            return
+        print(json.dumps(doc), flush=True)
 
     def status(self, st: Any) -> None:
         if self.as_json:

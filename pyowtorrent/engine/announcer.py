@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Callable, Sequence
 
 from ..errors import TrackerError
-from .trackers import TrackerClient, make_client
 from ..tracker.http_codec import AnnounceRequest
 from ..tracker.tiers import TrackerEntry, TrackerTiers
-
-if TYPE_CHECKING:
-    from .torrent import Torrent
+from .events import TrackerStatus
+from .services import TorrentServices
+from .trackers import TrackerClient, make_client
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Announcer", "TrackerStatus"]
+__all__ = ["AnnounceStats", "Announcer"]
 
 NUMWANT = 50
 # Fewer connected peers than this, while downloading, asks for an early re-announce.
@@ -37,42 +34,34 @@ STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
-class TrackerStatus:
-    url: str
-    tier: int
-    working: bool
-    last_error: str | None
-    next_announce_in: float | None  # seconds
-    peers_received: int
-    seeders: int | None
-    leechers: int | None
-    completed: int | None
-    warning: str | None
+class AnnounceStats:
+    """What an announce reports of its torrent, asked for at each announce."""
+
+    uploaded: int
+    downloaded: int
+    left: int
+    finished: bool
+    num_peers: int
 
 
 class Announcer:
     def __init__(
         self,
-        torrent: Torrent,
+        info_hash: bytes,
+        name: str,
         tiers: Sequence[Sequence[str]],
-        *,
-        http: Any,
-        udp_retransmit_base: float = 15.0,
-        http_timeout: float = 30.0,
-        rng: random.Random | None = None,
+        services: TorrentServices,
+        stats: Callable[[], AnnounceStats],
+        on_peer: Callable[[str, int], None],
     ) -> None:
-        self.torrent = torrent
-        self.tiers = TrackerTiers(tiers, rng)
-        self.clients: dict[str, TrackerClient] = {}
-        for e in self.tiers.entries:
-            try:
-                self.clients[e.url] = make_client(
-                    e.url, http, udp_retransmit_base=udp_retransmit_base, http_timeout=http_timeout
-                )
-            except TrackerError as exc:
-                e.last_error = str(exc)
-                e.fails = 1
-                e.next_announce = float("inf")  # an unusable URL is never tried
+        self.info_hash = info_hash
+        self.name = name
+        self.services = services
+        self.clock = services.clock
+        self.stats = stats
+        self.on_peer = on_peer
+        self.tiers = TrackerTiers(tiers, services.rng)
+        self._clients: dict[str, TrackerClient | None] = {}
         self._wake = asyncio.Event()
         self._completed_pending = False
 
@@ -89,17 +78,18 @@ class Announcer:
 
     async def run(self) -> None:
         while True:
-            now = time.monotonic()
+            now = self.clock.now()
             if now >= self._next_due(now) or self._completed_pending:
                 await self._announce_once()
-                continue_at = self._next_due(time.monotonic())
+                continue_at = self._next_due(self.clock.now())
             else:
                 continue_at = self._next_due(now)
             self._wake.clear()
-            delay = max(0.05, continue_at - time.monotonic())
+            delay = max(0.05, continue_at - self.clock.now())
             try:
-                await asyncio.wait_for(self._wake.wait(), min(delay, 3600.0))
-            except asyncio.TimeoutError:
+                async with self.clock.timeout(min(delay, 3600.0)):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def _next_due(self, now: float) -> float:
@@ -107,9 +97,8 @@ class Announcer:
         if working is None:
             return self.tiers.next_wakeup()
         due = working.next_announce
-        short = (
-            not self.torrent.picker.is_finished() and len(self.torrent.peers) < WANT_PEERS and working.last_success
-        )
+        stats = self.stats()
+        short = not stats.finished and stats.num_peers < WANT_PEERS and working.last_success
         if short:
             early = working.last_success + max(working.min_interval, MIN_REANNOUNCE)  # type: ignore[operator]
             due = min(due, early)
@@ -123,9 +112,9 @@ class Announcer:
 
     async def _announce_once(self) -> bool:
         """Announce to the first tracker, in BEP 12 order, that answers."""
-        now = time.monotonic()
+        now = self.clock.now()
         for entry in list(self.tiers.candidates(now)):
-            client = self.clients.get(entry.url)
+            client = self._client(entry)
             if client is None:
                 continue
             event = None
@@ -136,10 +125,10 @@ class Announcer:
             try:
                 resp = await client.announce(self._request(entry, event))
             except TrackerError as exc:
-                log.info("%s: announce to %s failed: %s", self.torrent.meta.name, entry.url, exc)
-                self.tiers.failed(entry, time.monotonic(), str(exc))
+                log.info("%s: announce to %s failed: %s", self.name, entry.url, exc)
+                self.tiers.failed(entry, self.clock.now(), str(exc))
                 continue
-            if event == "completed" or (event == "started" and self.torrent.picker.is_finished()):
+            if event == "completed" or (event == "started" and self.stats().finished):
                 self._completed_pending = False
             entry.started = True
             entry.warning = resp.warning_message
@@ -147,22 +136,22 @@ class Announcer:
                 entry.tracker_id = resp.tracker_id
             entry.seeders, entry.leechers = resp.complete, resp.incomplete
             entry.peers_received += len(resp.peers)
-            self.tiers.succeeded(entry, time.monotonic(), resp.interval, resp.min_interval)
+            self.tiers.succeeded(entry, self.clock.now(), resp.interval, resp.min_interval)
             for host, port in resp.peers:
-                self.torrent.add_peer(host, port)
+                self.on_peer(host, port)
             await self._scrape(entry, client)
             return True
         return False
 
     async def _scrape(self, entry: TrackerEntry, client: TrackerClient) -> None:
         due = entry.extra.get("next_scrape", 0.0)
-        if time.monotonic() < due:  # type: ignore[operator]
+        if self.clock.now() < due:  # type: ignore[operator]
             return
-        entry.extra["next_scrape"] = time.monotonic() + entry.interval
+        entry.extra["next_scrape"] = self.clock.now() + entry.interval
         try:
-            result = await client.scrape(self.torrent.meta.info_hash)
+            result = await client.scrape(self.info_hash)
         except TrackerError as exc:
-            log.debug("%s: scrape of %s failed: %s", self.torrent.meta.name, entry.url, exc)
+            log.debug("%s: scrape of %s failed: %s", self.name, entry.url, exc)
             return
         if result is not None:
             entry.seeders = result.complete if result.complete is not None else entry.seeders
@@ -170,33 +159,54 @@ class Announcer:
             entry.completed = result.downloaded
 
     def _request(self, entry: TrackerEntry, event: str | None) -> AnnounceRequest:
-        t = self.torrent
-        st = t.status()
-        session = t.session
+        stats = self.stats()
+        settings = self.services.settings
         return AnnounceRequest(
-            info_hash=t.meta.info_hash,
-            peer_id=session.peer_id,
-            port=session.listen_port,
-            uploaded=t.uploaded_bytes,
-            downloaded=t.downloaded_bytes,
-            left=st.bytes_total - st.bytes_done,
+            info_hash=self.info_hash,
+            peer_id=settings.peer_id,
+            port=self.services.listen_port(),
+            uploaded=stats.uploaded,
+            downloaded=stats.downloaded,
+            left=stats.left,
             event=event,  # type: ignore[arg-type]
             numwant=0 if event == "stopped" else NUMWANT,
-            key=session.announce_key,
+            key=settings.announce_key,
             trackerid=entry.tracker_id,
         )
 
+    def _client(self, entry: TrackerEntry) -> TrackerClient | None:
+        """The entry's client, made on first use (an unusable URL is never tried again)."""
+        if entry.url not in self._clients:
+            settings = self.services.settings
+            try:
+                self._clients[entry.url] = make_client(
+                    entry.url,
+                    self.services.http,
+                    clock=self.clock,
+                    udp_retransmit_base=settings.udp_retransmit_base,
+                    http_timeout=settings.tracker_timeout,
+                )
+            except TrackerError as exc:
+                self._clients[entry.url] = None
+                entry.last_error = str(exc)
+                entry.fails = 1
+                entry.next_announce = float("inf")
+        return self._clients[entry.url]
+
     async def stop(self) -> None:
         """Tell every tracker that was told 'started' that we are gone (bounded wait)."""
-        told = [e for e in self.tiers.entries if e.started and e.url in self.clients]
+        told = [e for e in self.tiers.entries if e.started and self._clients.get(e.url) is not None]
         if not told:
             return
 
         async def one(e: TrackerEntry) -> None:
             try:
-                await asyncio.wait_for(self.clients[e.url].announce(self._request(e, "stopped")), STOP_TIMEOUT)
-            except (TrackerError, asyncio.TimeoutError) as exc:
-                log.debug("%s: 'stopped' to %s failed: %s", self.torrent.meta.name, e.url, exc)
+                client = self._clients[e.url]
+                assert client is not None
+                async with self.clock.timeout(STOP_TIMEOUT):
+                    await client.announce(self._request(e, "stopped"))
+            except (TrackerError, TimeoutError) as exc:
+                log.debug("%s: 'stopped' to %s failed: %s", self.name, e.url, exc)
             e.started = False
             e.last_success = None
             e.next_announce = 0.0
@@ -204,7 +214,7 @@ class Announcer:
         await asyncio.gather(*(one(e) for e in told))
 
     def status(self) -> tuple[TrackerStatus, ...]:
-        now = time.monotonic()
+        now = self.clock.now()
         working = self._working()
         return tuple(
             TrackerStatus(

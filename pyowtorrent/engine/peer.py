@@ -1,32 +1,36 @@
-"""One TCP connection to a peer: the asyncio driver around the sans-IO :mod:`wire` protocol.
+"""One connection to a peer: the asyncio driver around the sans-IO :mod:`wire` protocol.
 
-The peer object owns the socket and the protocol state of both directions
+The driver owns the socket and the protocol state of both directions
 (choked/interested, the peer's pieces, our outstanding requests, its
 requests to us).  Decisions that involve the whole torrent — which blocks to
-ask for, what to do with a finished piece, who gets an upload slot — are the
-torrent's; the peer calls back into it.
+ask for, what to do with a finished piece, who gets an upload slot — are its
+host's: the driver reports to a :class:`PeerHost` and never changes the
+torrent's state itself.  A web seed (BEP 19) will implement the same host
+calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import PyowtorrentError
-from ..strategy.picker import Block, unpack_bitfield
+from ..metainfo.layout import BLOCK_SIZE
+from ..strategy.picker import Block
 from ..wire import events as ev
+from ..wire.bitfield import bitfield_flags
 from ..wire.connection import PeerConnection
 from ..wire.errors import RemoteProtocolError
-
-if TYPE_CHECKING:
-    from .torrent import Torrent
+from .clock import Clock
+from .meters import RateMeter
+from .net import Address
 
 log = logging.getLogger(__name__)
 
-BLOCK = 16384
+__all__ = ["OUR_REQQ", "Peer", "PeerHost"]
+
 READ_SIZE = 256 << 10
 # Requests kept in flight: enough to cover this many seconds of the peer's
 # measured rate, so a fast peer (loopback) keeps its pipe full.
@@ -40,64 +44,67 @@ OUR_REQQ = 500
 MAX_READ = 1 << 20
 
 
-class RateMeter:
-    """Bytes per second over a few seconds, smoothed, from a monotonic clock."""
+class PeerHost(Protocol):
+    """What a peer driver reports to, and asks of, its torrent."""
 
-    def __init__(self, window: float = 5.0) -> None:
-        self.window = window
-        self.total = 0
-        self._bytes = 0.0
-        self._start = time.monotonic()
-        self._rate = 0.0
-        self._last = self._start
+    def have_piece(self, index: int) -> bool: ...
 
-    def add(self, n: int) -> None:
-        self.total += n
-        self._bytes += n
+    def on_peer_pieces(self, peer: Peer) -> None:
+        """The peer said which pieces it has (bitfield, have-all or have-none)."""
 
-    def rate(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        elapsed = now - self._last
-        if elapsed >= 0.5:
-            # Fold the last interval into an exponential average over `window`.
-            instant = self._bytes / elapsed
-            weight = min(1.0, elapsed / self.window)
-            if self._last == self._start:
-                weight = 1.0
-            self._rate += (instant - self._rate) * weight
-            self._bytes = 0.0
-            self._last = now
-        return self._rate
+    def on_peer_have(self, peer: Peer, index: int) -> None: ...
+
+    def on_peer_interest(self, peer: Peer) -> None: ...
+
+    def on_block(self, peer: Peer, block: Block, data: bytes | memoryview) -> None: ...
+
+    def on_request_failed(self, peer: Peer, block: Block) -> None:
+        """A request of ours will not be answered (rejected, choked away, timed out)."""
+
+    def fill_requests(self, peer: Peer) -> None:
+        """The peer can take more requests from us."""
+
+    def on_uploaded(self, peer: Peer, nbytes: int) -> None: ...
+
+    async def read_block(self, index: int, begin: int, length: int) -> bytes | bytearray:
+        """Bytes to upload (rate-limited, read off the loop)."""
+        ...
+
+    def peer_closed(self, peer: Peer) -> None: ...
 
 
 class Peer:
     def __init__(
         self,
-        torrent: Torrent,
+        host: PeerHost,
+        clock: Clock,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         conn: PeerConnection,
-        address: tuple[str, int],
+        address: Address,
         outgoing: bool,
+        num_pieces: int,
     ) -> None:
-        self.torrent = torrent
+        self.host = host
+        self.clock = clock
         self.reader = reader
         self.writer = writer
         self.conn = conn
         self.address = address
         self.outgoing = outgoing
+        self.num_pieces = num_pieces
         self.peer_id = b""
         self.client = ""
-        self.have = bytearray(torrent.meta.num_pieces)
+        self.have = bytearray(num_pieces)
         self.num_have = 0
         self.is_seed = False
         self.outstanding: dict[Block, float] = {}
         self.queue_target = START_QUEUE
         self.max_queue = MAX_QUEUE
         self.incoming_requests: deque[ev.Request] = deque()
-        self.downloaded = RateMeter()
-        self.uploaded = RateMeter()
-        self.connected_at = time.monotonic()
+        self.downloaded = RateMeter(clock)
+        self.uploaded = RateMeter(clock)
+        self.connected_at = clock.now()
         self.last_received = self.connected_at
         self.last_sent = self.connected_at
         self.last_block = self.connected_at
@@ -130,16 +137,21 @@ class Peer:
     def fast(self) -> bool:
         return self.conn.fast_enabled
 
+    def __hash__(self) -> int:
+        # The picker keeps peers in sets: hashing by address (not by id()) keeps
+        # their order, and so a simulated run, the same from one run to the next.
+        return hash(self.address)
+
     def __repr__(self) -> str:
         return f"<Peer {self.address[0]}:{self.address[1]} {self.client or self.peer_id[:8]!r}>"
 
     # -- sending -----------------------------------------------------------
 
-    def send(self, event: Any) -> None:
+    def send(self, event: ev.Message) -> None:
         if self.closed.is_set():
             return
         self.writer.write(self.conn.send(event))
-        self.last_sent = time.monotonic()
+        self.last_sent = self.clock.now()
 
     def send_interest(self, interested: bool) -> None:
         if interested != self.am_interested:
@@ -166,15 +178,15 @@ class Peer:
         self._handle(self.conn.receive_data(handshake))
 
     async def run(self) -> None:
-        """Read and handle messages until the connection ends; then tell the torrent."""
-        self._tasks.append(asyncio.create_task(self._serve(), name=f"serve {self.address}"))
+        """Read and handle messages until the connection ends; then tell the host."""
+        self._tasks.append(asyncio.get_running_loop().create_task(self._serve(), name=f"serve {self.address}"))
         try:
             while not self.closed.is_set():
                 data = await self.reader.read(READ_SIZE)
                 if not data:
                     self.close_reason = self.close_reason or "peer closed the connection"
                     break
-                self.last_received = time.monotonic()
+                self.last_received = self.clock.now()
                 self._handle(self.conn.receive_data(data))
                 if self.writer.transport.get_write_buffer_size() > 4 * MAX_READ:
                     await self.writer.drain()
@@ -202,52 +214,52 @@ class Peer:
             self.writer.close()
         except Exception:  # the transport may already be gone
             pass
-        self.torrent.peer_closed(self)
+        self.host.peer_closed(self)
 
     # -- receiving -----------------------------------------------------------
 
-    def _handle(self, events: list[Any]) -> None:
-        t = self.torrent
+    def _handle(self, events: list[ev.Event]) -> None:
+        host = self.host
         self._refill = False
         for e in events:
-            kind = type(e)
-            if kind is ev.Piece:
+            if type(e) is ev.Piece:
                 self._on_piece(e)
-            elif kind is ev.Have:
-                if not self.have[e.index]:
-                    self.have[e.index] = 1
+            elif type(e) is ev.Have:
+                index = e.index
+                if not self.have[index]:
+                    self.have[index] = 1
                     self.num_have += 1
-                    t.on_peer_have(self, e.index)
-            elif kind is ev.Request:
+                    host.on_peer_have(self, index)
+            elif type(e) is ev.Request:
                 self._on_request(e)
-            elif kind is ev.Unchoke:
-                t.fill_requests(self)
-            elif kind is ev.Choke:
+            elif type(e) is ev.Unchoke:
+                host.fill_requests(self)
+            elif type(e) is ev.Choke:
                 if not self.fast:
                     # Without BEP 6 a choke silently drops our requests.
                     self._drop_outstanding()
-            elif kind is ev.Interested or kind is ev.NotInterested:
-                t.on_peer_interest(self)
-            elif kind is ev.Bitfield:
-                self.have = bytearray(unpack_bitfield(e.bits, t.meta.num_pieces))
+            elif type(e) is ev.Interested or type(e) is ev.NotInterested:
+                host.on_peer_interest(self)
+            elif type(e) is ev.Bitfield:
+                self.have = bitfield_flags(e.bits, self.num_pieces)
                 self.num_have = sum(self.have)
-                t.on_peer_bitfield(self)
-            elif kind is ev.HaveAll:
-                self.have = bytearray(b"\x01") * t.meta.num_pieces
-                self.num_have = t.meta.num_pieces
-                t.on_peer_bitfield(self)
-            elif kind is ev.HaveNone:
-                t.on_peer_bitfield(self)
-            elif kind is ev.Cancel:
+                host.on_peer_pieces(self)
+            elif type(e) is ev.HaveAll:
+                self.have = bytearray(b"\x01") * self.num_pieces
+                self.num_have = self.num_pieces
+                host.on_peer_pieces(self)
+            elif type(e) is ev.HaveNone:
+                host.on_peer_pieces(self)
+            elif type(e) is ev.Cancel:
                 self._drop_request(e.index, e.begin, e.length)
-            elif kind is ev.Reject:
+            elif type(e) is ev.Reject:
                 block = Block(e.index, e.begin, e.length)
                 if self.outstanding.pop(block, None) is not None:
-                    t.picker.on_request_failed(self, block)
-                    t.fill_requests(self)
-            elif kind is ev.Handshake:
+                    host.on_request_failed(self, block)
+                    host.fill_requests(self)
+            elif type(e) is ev.Handshake:
                 self.peer_id = e.peer_id
-            elif kind is ev.ExtensionHandshake:
+            elif type(e) is ev.ExtensionHandshake:
                 if e.reqq:
                     self.max_queue = max(MIN_QUEUE, min(MAX_QUEUE, e.reqq))
                 if e.v:
@@ -255,29 +267,25 @@ class Peer:
             # KeepAlive, Port, Suggest, AllowedFast, Extended: nothing to do yet.
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
-            t.fill_requests(self)
+            host.fill_requests(self)
 
     def _on_piece(self, e: ev.Piece) -> None:
         block = Block(e.index, e.begin, len(e.block))
-        now = time.monotonic()
+        now = self.clock.now()
         self.outstanding.pop(block, None)
         self.downloaded.add(len(e.block))
         self.last_block = now
         self.snubbed = False
-        self.torrent.on_block(self, block, e.block)
+        self.host.on_block(self, block, e.block)
         # Slow start: each block received lets the queue grow until it covers
         # REQUEST_QUEUE_SECONDS of the measured rate.
         rate = self.downloaded.rate(now)
-        target = int(rate * REQUEST_QUEUE_SECONDS / BLOCK)
+        target = int(rate * REQUEST_QUEUE_SECONDS / BLOCK_SIZE)
         self.queue_target = max(MIN_QUEUE, min(self.max_queue, max(target, self.queue_target + 1)))
         self._refill = True
 
     def _on_request(self, e: ev.Request) -> None:
-        if self.am_choking or not self.torrent.have_piece(e.index):
-            if self.fast:
-                self.send(ev.Reject(e.index, e.begin, e.length))
-            return
-        if len(self.incoming_requests) >= OUR_REQQ:
+        if self.am_choking or not self.host.have_piece(e.index) or len(self.incoming_requests) >= OUR_REQQ:
             if self.fast:
                 self.send(ev.Reject(e.index, e.begin, e.length))
             return
@@ -292,7 +300,7 @@ class Peer:
 
     def _drop_outstanding(self) -> None:
         for block in list(self.outstanding):
-            self.torrent.picker.on_request_failed(self, block)
+            self.host.on_request_failed(self, block)
         self.outstanding.clear()
 
     # -- requesting ----------------------------------------------------------
@@ -300,7 +308,7 @@ class Peer:
     def request(self, blocks: list[Block]) -> None:
         if self.closed.is_set():
             return
-        now = time.monotonic()
+        now = self.clock.now()
         for b in blocks:
             self.outstanding[b] = now
         self.writer.write(b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks))
@@ -316,14 +324,12 @@ class Peer:
             self.snubbed = True
             self.queue_target = MIN_QUEUE
             self._drop_outstanding()
-            self.torrent.fill_requests(self)
+            self.host.fill_requests(self)
 
     # -- uploading -----------------------------------------------------------
 
     async def _serve(self) -> None:
-        """Answer the peer's requests: coalesced disk reads off the loop, writes with back-pressure."""
-        loop = asyncio.get_running_loop()
-        storage = self.torrent.storage
+        """Answer the peer's requests: coalesced reads off the loop, writes with back-pressure."""
         while not self.closed.is_set():
             if not self.incoming_requests:
                 self._serve_wakeup.clear()
@@ -341,10 +347,12 @@ class Peer:
                 batch.append(self.incoming_requests.popleft())
                 total += batch[-1].length
             first = batch[0]
-            await self.torrent.session.upload_limiter.take(total)
-            data = await loop.run_in_executor(
-                self.torrent.session.executor, storage.read_block, first.index, first.begin, total
-            )
+            try:
+                data = await self.host.read_block(first.index, first.begin, total)
+            except PyowtorrentError as exc:
+                log.warning("%r: cannot serve piece %d: %s", self, first.index, exc)
+                await self.close(f"cannot serve piece {first.index}: {exc}")
+                return
             view = memoryview(data)
             pos = 0
             for r in batch:
@@ -353,6 +361,5 @@ class Peer:
                 self.send(ev.Piece(r.index, r.begin, view[pos : pos + r.length]))  # copied once, into the message
                 pos += r.length
                 self.uploaded.add(r.length)
-                self.torrent.uploaded_bytes += r.length
-                self.torrent.upload_meter.add(r.length)
+                self.host.on_uploaded(self, r.length)
             await self.writer.drain()

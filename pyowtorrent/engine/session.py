@@ -1,56 +1,53 @@
-"""The session: one listen socket (or a few), the torrents, shared settings and the disk worker pool."""
+"""The session: listen sockets, dialling and handshakes, the torrents, shared settings and services.
+
+The session owns every socket.  It accepts through its
+:class:`~pyowtorrent.engine.net.Network`, reads the remote's handshake with a
+deadline and routes the connection to the torrent it names; it dials for
+its torrents (:class:`~pyowtorrent.engine.services.Dialer`) and hands back a
+connection whose handshake is done.  Junk where a handshake should be, a
+timeout or a refused connection ends that one connection.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import random
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .._version import __version__
-from ..errors import ProtocolError, PyowtorrentError
+from ..errors import PyowtorrentError
 from ..metainfo.torrent_file import Metainfo, load_metainfo
-from .torrent import HANDSHAKE_TIMEOUT, Torrent, _read_handshake
-from ..wire import parse_handshake
+from ..storage.base import PieceStore
+from ..storage.files import Storage
+from ..wire.connection import PeerConnection
+from .clock import Clock, LoopClock
+from .handshake import CONNECTION_FAILURES, PeerLink, open_stream, read_handshake
+from .meters import RateLimiter
+from .net import Address, Listener, Network, TcpNetwork
+from .services import Disk, ThreadDisk, TorrentServices, TorrentSettings
+from .torrent import Torrent
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Session"]
+__all__ = ["Session", "make_peer_id"]
 
 # Incoming connections allowed to be waiting for their handshake at once.
 MAX_PENDING_HANDSHAKES = 64
 
 
-class RateLimiter:
-    """A token bucket shared by every peer of the session; 0 bytes/s means no limit."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._tokens = float(rate)
-        self._stamp = 0.0
-
-    async def take(self, n: int) -> None:
-        if self.rate <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            self._tokens = min(float(self.rate), self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            if self._tokens >= min(n, self.rate):
-                self._tokens -= n
-                return
-            await asyncio.sleep((min(n, self.rate) - self._tokens) / self.rate)
-
-
-def make_peer_id() -> bytes:
+def make_peer_id(rng: random.Random | None = None) -> bytes:
     """BEP 20 Azureus-style: client 'PY' (unused by other clients we know of), version, random tail."""
     major, minor, patch = (__version__.split(".") + ["0", "0"])[:3]
     prefix = f"-PY{int(major) % 10}{int(minor) % 10}{int(patch) % 10}0-".encode()
-    return prefix + secrets.token_bytes(20 - len(prefix))
+    n = 20 - len(prefix)
+    return prefix + (rng.randbytes(n) if rng is not None else secrets.token_bytes(n))
 
 
 class Session:
@@ -60,7 +57,9 @@ class Session:
     ``"127.0.0.1"``…), or ``None`` to accept none; ``port`` 0 picks a free one.
     Resume data goes to ``resume_dir`` (default: ``.pyowtorrent`` in each
     torrent's save directory).  ``upload_rate_limit`` caps what all torrents
-    send, in bytes per second (0: no cap).
+    send, in bytes per second (0: no cap).  ``clock``, ``network``, ``disk``
+    and ``seed`` replace the engine's time, sockets, disk executor and
+    randomness (the swarm simulator's virtual ones); nothing else changes.
     """
 
     def __init__(
@@ -79,36 +78,42 @@ class Session:
         reconnect_delay: float = 5.0,
         tracker_timeout: float = 30.0,
         udp_retransmit_base: float = 15.0,
+        clock: Clock | None = None,
+        network: Network | None = None,
+        disk: Disk | None = None,
+        seed: int | None = None,
     ) -> None:
         self.listen = [listen] if isinstance(listen, str) else list(listen or [])
         self.port = port
-        self.peer_id = peer_id or make_peer_id()
+        self.rng = random.Random(seed)
+        self.peer_id = peer_id or make_peer_id(self.rng if seed is not None else None)
         if len(self.peer_id) != 20:
             raise ValueError("a peer id is 20 bytes")
-        self.upload_slots = upload_slots
         self.max_connections = max_connections
-        self.max_connections_per_torrent = max_connections_per_torrent
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
-        self.client_name = f"pyowtorrent {__version__}"
-        # Requests unanswered this long go to other peers and the peer counts as snubbed.
-        self.request_timeout = request_timeout
-        # A peer that dropped or refused us is tried again after this long.
-        self.reconnect_delay = reconnect_delay
-        self.upload_limiter = RateLimiter(upload_rate_limit)
-        # Trackers: HTTP answers within tracker_timeout; UDP retries after
-        # udp_retransmit_base·2ⁿ seconds (BEP 15's 15 s; smaller in tests).
-        self.tracker_timeout = tracker_timeout
-        self.udp_retransmit_base = udp_retransmit_base
-        self.announce_key = secrets.randbits(32)  # BEP 7 'key': the same for the session's life
-        self._http: Any = None
-        self.own_addresses: set[tuple[str, int]] = set()  # found by connecting to ourselves
-        self._handshaking = 0
+        self.settings = TorrentSettings(
+            peer_id=self.peer_id,
+            client_name=f"pyowtorrent {__version__}",
+            upload_slots=upload_slots,
+            max_connections_per_torrent=max_connections_per_torrent,
+            request_timeout=request_timeout,
+            reconnect_delay=reconnect_delay,
+            tracker_timeout=tracker_timeout,
+            udp_retransmit_base=udp_retransmit_base,
+            announce_key=self.rng.getrandbits(32),
+        )
+        self.clock = clock or LoopClock()
+        self.network = network or TcpNetwork()
         # One disk thread per core: hashing is CPU work, and every extra thread
         # costs hand-offs and wake-ups.
-        self.executor = ThreadPoolExecutor(max_workers=disk_threads or min(8, os.cpu_count() or 1))
+        self._own_disk = disk is None
+        self.disk: Disk = disk or ThreadDisk(disk_threads or min(8, os.cpu_count() or 1))
+        self.upload_limiter = RateLimiter(upload_rate_limit, self.clock)
+        self._http: aiohttp.ClientSession | None = None
+        self.own_addresses: set[Address] = set()  # found by connecting to ourselves
+        self.handshaking = 0
         self.torrents: dict[bytes, Torrent] = {}
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: list[Listener] = []
         self.listen_port = 0
 
     async def __aenter__(self) -> Session:
@@ -123,25 +128,20 @@ class Session:
         port = self.port
         for host in self.listen:
             try:
-                server = await asyncio.start_server(self._incoming, host=host, port=port, reuse_address=True)
+                listener = await self.network.listen(self._accept, host, port)
             except OSError as exc:
-                if host == "::" and self._servers:
+                if host == "::" and self._listeners:
                     log.info("no IPv6 listen socket: %s", exc)  # an IPv4-only machine
                     continue
                 raise PyowtorrentError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-            self._servers.append(server)
+            self._listeners.append(listener)
             if port == 0:
-                port = getattr(server, "sockets")[0].getsockname()[1]
+                port = listener.addresses()[0][1]
         self.listen_port = port
 
     @property
-    def listen_addresses(self) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
-        for server in self._servers:
-            for sock in getattr(server, "sockets", ()):
-                host, port = sock.getsockname()[:2]
-                out.append((host, port))
-        return out
+    def listen_addresses(self) -> list[Address]:
+        return [a for listener in self._listeners for a in listener.addresses()]
 
     async def add_torrent(
         self,
@@ -152,21 +152,29 @@ class Session:
         file_priorities: Sequence[int] | None = None,
         sequential: bool = False,
         trackers: Sequence[Sequence[str]] | None = None,
+        storage: PieceStore | None = None,
     ) -> Torrent:
         """Add a torrent and start it: check the files already there, then download or seed.
 
         ``trackers`` (tiers of URLs) replaces the torrent's own list when given.
+        ``storage`` replaces the files under ``save_path`` (and then no resume
+        data is kept): :class:`~pyowtorrent.storage.memory.MemoryStorage`, say.
         """
         meta = torrent if isinstance(torrent, Metainfo) else load_metainfo(torrent)
         if meta.info_hash in self.torrents:
             raise PyowtorrentError(f"{meta.name}: this torrent is already in the session")
         save = Path(save_path)
-        resume_dir = self.resume_dir if self.resume_dir is not None else save / ".pyowtorrent"
+        resume_path = None
+        if storage is None:
+            storage = Storage(meta, save)
+            resume_dir = self.resume_dir if self.resume_dir is not None else save / ".pyowtorrent"
+            resume_path = resume_dir / f"{meta.info_hash.hex()}.resume.json"
         t = Torrent(
-            self,
+            self._services(),
             meta,
-            save,
-            resume_path=resume_dir / f"{meta.info_hash.hex()}.resume.json",
+            storage,
+            save_path=save,
+            resume_path=resume_path,
             file_priorities=file_priorities,
             sequential=sequential,
             trackers=trackers,
@@ -175,8 +183,20 @@ class Session:
         for host, p in peers:
             t.add_peer(host, p)
         await t.start()
-        t._connect_more()
         return t
+
+    def _services(self) -> TorrentServices:
+        return TorrentServices(
+            settings=self.settings,
+            clock=self.clock,
+            disk=self.disk,
+            dialer=self,
+            budget=self,
+            upload_limiter=self.upload_limiter,
+            http=self.http_client,
+            listen_port=lambda: self.listen_port,
+            rng=random.Random(self.rng.getrandbits(64)),
+        )
 
     async def remove_torrent(self, torrent: Torrent, *, delete_files: bool = False) -> None:
         if self.torrents.get(torrent.meta.info_hash) is not torrent:
@@ -184,56 +204,79 @@ class Session:
         del self.torrents[torrent.meta.info_hash]
         await torrent.stop()
         if delete_files:
-            await asyncio.get_running_loop().run_in_executor(self.executor, torrent.storage.delete_files)
+            await self.disk.run(torrent.storage.delete_files)
             if torrent.resume_path is not None:
                 torrent.resume_path.unlink(missing_ok=True)
 
-    def http_client(self) -> Any:
+    def http_client(self) -> aiohttp.ClientSession:
         """The aiohttp client session shared by the trackers (made on first use, in the loop)."""
         if self._http is None:
             import aiohttp
 
-            self._http = aiohttp.ClientSession(headers={"User-Agent": self.client_name})
+            self._http = aiohttp.ClientSession(headers={"User-Agent": self.settings.client_name})
         return self._http
+
+    # -- ConnectionBudget ---------------------------------------------------------
 
     def can_connect(self) -> bool:
         return sum(len(t.peers) for t in self.torrents.values()) < self.max_connections
 
-    async def _incoming(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._handshaking >= MAX_PENDING_HANDSHAKES:
+    # -- Dialer: outgoing connections -------------------------------------------------
+
+    async def dial(self, address: Address, conn: PeerConnection) -> PeerLink | None:
+        if address in self.own_addresses:
+            return None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await open_stream(self.network, self.clock, address)
+            writer.write(conn.handshake_bytes())
+            data, hs = await read_handshake(reader, self.clock)
+        except CONNECTION_FAILURES as exc:
+            log.debug("connecting to %s failed: %r", address, exc)
+            if writer is not None:
+                writer.close()
+            return None
+        if hs.info_hash != conn.info_hash:
+            log.debug("%s answered for another torrent", address)
+        elif hs.peer_id == self.peer_id:
+            log.debug("%s is ourselves", address)
+            self.own_addresses.add(address)  # our own listen address: never again
+        else:
+            return PeerLink(reader, writer, address, hs, data, outgoing=True)
+        writer.close()
+        return None
+
+    # -- incoming connections -----------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.handshaking >= MAX_PENDING_HANDSHAKES:
             writer.close()  # a flood of silent connections must not use up our file descriptors
             return
-        self._handshaking += 1
+        self.handshaking += 1
         try:
-            data = await asyncio.wait_for(_read_handshake(reader), HANDSHAKE_TIMEOUT)
-            hs = parse_handshake(data)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError):
+            data, hs = await read_handshake(reader, self.clock)
+        except CONNECTION_FAILURES:
             writer.close()
             return
         finally:
-            self._handshaking -= 1
-        torrent = self.torrents.get(hs.info_hash) if hs is not None else None
+            self.handshaking -= 1
+        torrent = self.torrents.get(hs.info_hash)
         if torrent is None or not self.can_connect():
             writer.close()
             return
-        torrent.accept(reader, writer, data)
-
-    def track(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        peername = writer.get_extra_info("peername")
+        torrent.accept(PeerLink(reader, writer, (str(peername[0]), int(peername[1])), hs, data, outgoing=False))
 
     async def close(self) -> None:
         """Stop every torrent (saving resume data), close the sockets, wait for the peers to go."""
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            listener.close()
         await asyncio.gather(*(t.stop() for t in list(self.torrents.values())))
         if self._http is not None:
             await self._http.close()
             self._http = None
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
-        # Waiting for the disk workers must not block the event loop.
-        await asyncio.to_thread(self.executor.shutdown, True)
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners.clear()
+        if self._own_disk and isinstance(self.disk, ThreadDisk):
+            await self.disk.shutdown()

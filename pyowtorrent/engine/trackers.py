@@ -12,8 +12,7 @@ import asyncio
 import logging
 import secrets
 import socket
-import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from ..errors import TrackerError
@@ -43,6 +42,11 @@ from ..tracker.udp_codec import (
     retransmit_timeout,
 )
 
+from .clock import Clock, LoopClock
+
+if TYPE_CHECKING:
+    import aiohttp
+
 log = logging.getLogger(__name__)
 
 __all__ = ["HttpTracker", "TrackerClient", "UdpTracker", "make_client"]
@@ -59,7 +63,7 @@ class TrackerClient(Protocol):
 class HttpTracker:
     """BEP 3 over HTTP(S): redirects followed, gzip accepted, the body read up to a bound."""
 
-    def __init__(self, url: str, http: Any, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, http: aiohttp.ClientSession, *, timeout: float = 30.0) -> None:
         self.url = url
         self._http = http  # an aiohttp.ClientSession, shared by the session's torrents
         self._timeout = timeout
@@ -117,8 +121,11 @@ class UdpTracker:
     next one of its tier gets its turn within minutes rather than hours.
     """
 
-    def __init__(self, url: str, *, retransmit_base: float = 15.0, max_tries: int = 3) -> None:
+    def __init__(
+        self, url: str, *, retransmit_base: float = 15.0, max_tries: int = 3, clock: Clock | None = None
+    ) -> None:
         self.url = url
+        self.clock = clock or LoopClock()
         parts = urlsplit(url)
         if parts.scheme != "udp" or not parts.hostname or not parts.port:
             raise TrackerError(f"{url}: not a udp://HOST:PORT tracker URL")
@@ -151,20 +158,20 @@ class UdpTracker:
             raise TrackerError(f"{self.url}: {exc}") from None
         try:
             for n in range(self.max_tries):
-                deadline = loop.time() + retransmit_timeout(n, self.retransmit_base)
+                deadline = self.clock.now() + retransmit_timeout(n, self.retransmit_base)
                 try:
                     cid = await self._connection_id(transport, proto, deadline)
                     tid = secrets.randbits(32)
                     transport.sendto(build(cid, tid))
                     return await self._receive(proto, tid, action, deadline, ipv6, scrape_count)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.debug("%s: no answer to try %d", self.url, n + 1)
             raise TrackerError(f"{self.url}: no answer after {self.max_tries} tries")
         finally:
             transport.close()
 
     async def _connection_id(self, transport: Any, proto: _Datagrams, deadline: float) -> int:
-        now = time.monotonic()
+        now = self.clock.now()
         if self._connection is not None and now - self._connection[1] < CONNECTION_ID_LIFETIME:
             return self._connection[0]
         tid = secrets.randbits(32)
@@ -177,9 +184,9 @@ class UdpTracker:
     async def _receive(
         self, proto: _Datagrams, tid: int, action: int, deadline: float, ipv6: bool, scrape_count: int | None
     ) -> Any:
-        loop = asyncio.get_running_loop()
         while True:
-            packet = await asyncio.wait_for(proto.queue.get(), max(0.0, deadline - loop.time()))
+            async with self.clock.timeout(max(0.0, deadline - self.clock.now())):
+                packet = await proto.queue.get()
             if isinstance(packet, Exception):
                 raise TrackerError(f"{self.url}: {packet}")
             try:
@@ -188,10 +195,18 @@ class UdpTracker:
                 continue  # an answer to an earlier try, or noise: keep waiting for ours
 
 
-def make_client(url: str, http: Any, *, udp_retransmit_base: float = 15.0, http_timeout: float = 30.0) -> TrackerClient:
+def make_client(
+    url: str,
+    http: Callable[[], aiohttp.ClientSession],
+    *,
+    clock: Clock | None = None,
+    udp_retransmit_base: float = 15.0,
+    http_timeout: float = 30.0,
+) -> TrackerClient:
+    """A client for ``url``; ``http`` gives the shared aiohttp session (made only if an HTTP tracker needs it)."""
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("http", "https"):
-        return HttpTracker(url, http, timeout=http_timeout)
+        return HttpTracker(url, http(), timeout=http_timeout)
     if scheme == "udp":
-        return UdpTracker(url, retransmit_base=udp_retransmit_base)
+        return UdpTracker(url, retransmit_base=udp_retransmit_base, clock=clock)
     raise TrackerError(f"{url}: unsupported tracker scheme {scheme!r}")

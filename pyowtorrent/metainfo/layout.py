@@ -11,7 +11,11 @@ from __future__ import annotations
 import bisect
 from typing import Iterator, NamedTuple, Sequence
 
-__all__ = ["FileEntry", "FileSlice", "Layout"]
+__all__ = ["BLOCK_SIZE", "FileEntry", "FileSlice", "Layout"]
+
+# BEP 3's block: peers request pieces in blocks of 16 KiB (the last of a piece
+# may be shorter), BEP 52 hashes leaves of the same size, and no piece is smaller.
+BLOCK_SIZE = 1 << 14
 
 
 # Records are NamedTuples rather than dataclasses: ``python -m pyowtorrent.verify``

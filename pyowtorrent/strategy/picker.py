@@ -32,18 +32,17 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
 
+from ..metainfo.layout import BLOCK_SIZE
+
 __all__ = [
-    "BLOCK",
     "DEFAULT_PRIORITY",
     "MAX_PRIORITY",
     "Bits",
     "Block",
     "PeerHas",
     "PiecePicker",
-    "unpack_bitfield",
 ]
 
-BLOCK = 16384
 DEFAULT_PRIORITY = 4  # libtorrent's default, so a caller can go up or down
 MAX_PRIORITY = 7
 
@@ -58,19 +57,6 @@ _FREE, _REQUESTED, _RECEIVED = 0, 1, 2
 # the next pick (libtorrent's "dirty" picker): many peers connecting at once
 # then cost one sort instead of millions of swaps.
 _BULK_MIN = 64
-
-_UNPACK = [bytes((byte >> (7 - k)) & 1 for k in range(8)) for byte in range(256)]
-
-
-def unpack_bitfield(data: bytes, num_pieces: int) -> bytes:
-    """A BEP 3 wire bitfield (high bit first) as one 0/1 byte per piece."""
-    if len(data) != (num_pieces + 7) // 8:
-        raise ValueError(f"bitfield of {len(data)} bytes for {num_pieces} pieces")
-    bits = b"".join(map(_UNPACK.__getitem__, data))
-    if any(bits[num_pieces:]):
-        raise ValueError("bitfield has spare bits set")
-    return bits[:num_pieces]
-
 
 @dataclass(frozen=True, slots=True)
 class Block:
@@ -182,7 +168,7 @@ class PiecePicker:
             self._inc(index)
 
     def peer_bitfield(self, have: Bits) -> None:
-        """A peer's pieces, one 0/1 item per piece (see :func:`unpack_bitfield`).
+        """A peer's pieces, one 0/1 item per piece (see :func:`~pyowtorrent.wire.bitfield.bitfield_flags`).
 
         A peer whose bitfield is full is better reported with
         :meth:`peer_have_all`: it then costs nothing here.
@@ -262,7 +248,7 @@ class PiecePicker:
         """
         if not self.wants_block(block):
             return False, []
-        index, bno = block.index, block.begin // BLOCK
+        index, bno = block.index, block.begin // BLOCK_SIZE
         piece = self._partial.get(index)
         if piece is None:  # unrequested but welcome: start the piece
             self._clean()
@@ -288,18 +274,18 @@ class PiecePicker:
             return False
         size = self._piece_size(index)
         begin = block.begin
-        if begin < 0 or begin % BLOCK or begin >= size or block.length != min(BLOCK, size - begin):
+        if begin < 0 or begin % BLOCK_SIZE or begin >= size or block.length != min(BLOCK_SIZE, size - begin):
             return False
         piece = self._partial.get(index)
         if piece is None:
             return bool(self._prio[index])
-        return piece.state[begin // BLOCK] != _RECEIVED
+        return piece.state[begin // BLOCK_SIZE] != _RECEIVED
 
     def on_request_failed(self, peer: Hashable, block: Block) -> None:
         """A request was rejected, timed out, or lost to a choke: the block is free again."""
-        key = (block.index, block.begin // BLOCK)
+        key = (block.index, block.begin // BLOCK_SIZE)
         out = self._outstanding.get(peer)
-        if out is None or key not in out or block.begin % BLOCK:
+        if out is None or key not in out or block.begin % BLOCK_SIZE:
             return
         out.remove(key)
         self._drop_request(peer, *key)
@@ -407,8 +393,8 @@ class PiecePicker:
             state[bno] = _REQUESTED
             requesters[bno] = [peer]
             mine.add((index, bno))
-            begin = bno * BLOCK
-            out.append(Block(index, begin, BLOCK if begin + BLOCK <= size else size - begin))
+            begin = bno * BLOCK_SIZE
+            out.append(Block(index, begin, BLOCK_SIZE if begin + BLOCK_SIZE <= size else size - begin))
             taken += 1
             bno = state.find(_FREE, bno + 1)
         if taken:
@@ -582,11 +568,11 @@ class PiecePicker:
         return self._last_length if index == self.num_pieces - 1 else self.piece_length
 
     def _num_blocks(self, index: int) -> int:
-        return -(-self._piece_size(index) // BLOCK)
+        return -(-self._piece_size(index) // BLOCK_SIZE)
 
     def _block(self, index: int, bno: int) -> Block:
-        begin = bno * BLOCK
-        return Block(index, begin, min(BLOCK, self._piece_size(index) - begin))
+        begin = bno * BLOCK_SIZE
+        return Block(index, begin, min(BLOCK_SIZE, self._piece_size(index) - begin))
 
     def _check_invariants(self) -> None:
         """Assert the internal structures agree with each other (for tests)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import get_args
 
+from ..metainfo.layout import BLOCK_SIZE
 from ._buffer import ByteQueue
 from .bitfield import bitfield_length
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
@@ -59,7 +60,7 @@ __all__ = ["DEFAULT_MAX_BLOCK", "DEFAULT_MAX_EXTENSION_MESSAGE", "PeerConnection
 
 # BEP 3: "All current implementations use 2^14 (16 kiB), and close
 # connections which request an amount greater than that."
-DEFAULT_MAX_BLOCK = 1 << 14
+DEFAULT_MAX_BLOCK = BLOCK_SIZE
 # Extension messages carry metadata pieces (16 KiB) and peer lists; 1 MiB
 # is far above any legitimate one and bounds what a peer makes us buffer.
 DEFAULT_MAX_EXTENSION_MESSAGE = 1 << 20

@@ -1,0 +1,169 @@
+"""A torrent's peer connections: whom it knows, whom it dials, whom it bans.
+
+The session does the socket work (:class:`~pyowtorrent.engine.services.Dialer`,
+and accepting); a :class:`PeerSet` decides which known address to dial
+next, within the torrent's and the session's connection limits, turns a
+finished handshake into a :class:`~pyowtorrent.engine.peer.Peer`, and keeps
+the bookkeeping when a peer goes.  Every dial runs under a supervisor that
+ends only that attempt, whatever goes wrong in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from ..errors import ProtocolError
+from ..metainfo.torrent_file import Metainfo
+from ..wire.connection import PeerConnection
+from .events import EventBus, PeerBanned, PeerConnected, PeerDisconnected
+from .handshake import PeerLink
+from .net import Address
+from .peer import Peer, PeerHost
+from .services import Supervisor, TorrentServices
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_KNOWN_PEERS", "PeerSet"]
+
+# Bounds on what peers and trackers can make a torrent remember.
+MAX_KNOWN_PEERS = 2000
+
+
+class PeerSet:
+    def __init__(
+        self,
+        meta: Metainfo,
+        services: TorrentServices,
+        host: PeerHost,
+        greet: Callable[[Peer], None],
+        events: EventBus,
+    ) -> None:
+        self.meta = meta
+        self.services = services
+        self.clock = services.clock
+        self.host = host
+        self.greet = greet
+        self.events = events
+        self.peers: dict[Address, Peer] = {}
+        self.known: dict[Address, float] = {}  # address -> not before (engine clock)
+        self.banned: set[str] = set()
+        self.pending: set[Address] = set()
+        self.active = False  # dialling and accepting only while downloading or seeding
+        self._dials = Supervisor(f"{meta.name} dials", self._dial_failed)
+        self._runs = Supervisor(f"{meta.name} peers", self._peer_failed)
+
+    def add(self, host: str, port: int) -> None:
+        """An address to connect to (from the user, a tracker, or PEX later)."""
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port}")
+        addr = (host, port)
+        if len(self.known) >= MAX_KNOWN_PEERS and addr not in self.known:
+            # Forget the address least likely to be useful: the one waiting longest to be retried.
+            worst = max(self.known, key=lambda a: (a not in self.peers, self.known[a]))
+            if worst in self.peers:
+                return
+            del self.known[worst]
+        self.known.setdefault(addr, 0.0)
+        self.connect_more()
+
+    def connect_more(self) -> None:
+        if not self.active:
+            return
+        now = self.clock.now()
+        limit = self.services.settings.max_connections_per_torrent
+        for addr, not_before in list(self.known.items()):
+            if len(self.peers) + len(self.pending) >= limit or not self.services.budget.can_connect():
+                return
+            if addr in self.peers or addr in self.pending or addr[0] in self.banned or not_before > now:
+                continue
+            self.pending.add(addr)
+            self._dials.spawn(self._dial(addr), f"dial {addr}")
+
+    async def _dial(self, addr: Address) -> None:
+        conn = self.new_connection()
+        try:
+            link = await self.services.dialer.dial(addr, conn)
+        finally:
+            # Also when a pause cancels the attempt: the address must stay dialable.
+            self.pending.discard(addr)
+        if link is None:
+            self.known[addr] = self.clock.now() + self.services.settings.reconnect_delay
+            return
+        self._attach(link, conn)
+
+    def _dial_failed(self, name: str, exc: BaseException) -> None:
+        # A bug, not a network failure (the dialler turns those into None): it
+        # still ends this attempt only.
+        log.error("%s: %s failed", self.meta.name, name, exc_info=exc)
+
+    def _peer_failed(self, name: str, exc: BaseException) -> None:
+        # Peer.run closes its connection on the way out, whatever the error.
+        log.error("%s: %s failed", self.meta.name, name, exc_info=exc)
+
+    def accept(self, link: PeerLink) -> None:
+        """An incoming connection whose handshake named this torrent."""
+        if not self.active or link.address[0] in self.banned:
+            link.writer.close()
+            return
+        if len(self.peers) >= self.services.settings.max_connections_per_torrent:
+            link.writer.close()
+            return
+        conn = self.new_connection()
+        link.writer.write(conn.handshake_bytes())
+        self._attach(link, conn)
+
+    def new_connection(self) -> PeerConnection:
+        m = self.meta
+        return PeerConnection(m.info_hash, self.services.settings.peer_id, m.num_pieces, m.piece_length, m.total_length)
+
+    def _attach(self, link: PeerLink, conn: PeerConnection) -> None:
+        addr = link.address
+        if any(p.peer_id == link.handshake.peer_id for p in self.peers.values()) or addr in self.peers:
+            log.debug("%s: already connected to %s", self.meta.name, addr)
+            link.writer.close()
+            return
+        peer = Peer(self.host, self.clock, link.reader, link.writer, conn, addr, link.outgoing, self.meta.num_pieces)
+        try:
+            peer.start(link.data)
+        except ProtocolError as exc:
+            log.debug("%s: %s: %s", self.meta.name, addr, exc)
+            link.writer.close()
+            return
+        self.peers[addr] = peer
+        self._runs.spawn(peer.run(), f"peer {addr}")
+        self.greet(peer)
+        self.events.emit(PeerConnected(at=self.clock.now(), peer=addr))
+
+    def forget(self, peer: Peer) -> bool:
+        """Take a closed peer out; whether it was one of ours."""
+        if self.peers.get(peer.address) is not peer:
+            return False
+        del self.peers[peer.address]
+        if peer.outgoing:
+            self.known[peer.address] = self.clock.now() + self.services.settings.reconnect_delay
+        self.events.emit(PeerDisconnected(at=self.clock.now(), peer=peer.address, reason=peer.close_reason))
+        return True
+
+    def ban(self, ip: str, why: str) -> None:
+        if ip in self.banned:
+            return
+        log.warning("%s: banning %s: %s", self.meta.name, ip, why)
+        self.banned.add(ip)
+        for p in list(self.peers.values()):
+            if p.address[0] == ip:
+                self.close(p, f"banned: {why}")
+        self.events.emit(PeerBanned(at=self.clock.now(), ip=ip, reason=why))
+
+    def stop(self, reason: str) -> None:
+        """Cancel dials in progress and close every peer."""
+        self.active = False
+        self._dials.cancel()
+        for p in list(self.peers.values()):
+            self.close(p, reason)
+
+    def close(self, peer: Peer, reason: str) -> None:
+        self._runs.spawn(peer.close(reason), f"close {peer.address}")
+
+    async def wait_closed(self, timeout: float | None = None) -> None:
+        await self._runs.wait(timeout)

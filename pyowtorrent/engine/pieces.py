@@ -1,0 +1,104 @@
+"""Pieces in flight: blocks gathered into a buffer per piece, then hashed and written in one disk call.
+
+A piece counts as had exactly when its SHA-1 matched and it is on disk:
+the storage hashes the whole buffer and writes it only if it matches, in
+one call on the disk executor.  Buffers are page-aligned anonymous mappings
+(the kernel copies them to the page cache faster) and are reused.  Each
+block's sender is remembered so that :class:`~pyowtorrent.strategy.smartban.SmartBan`
+can tell who sent the bad block of a failed piece.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+from typing import Any, Protocol
+
+from ..errors import StorageError
+from ..metainfo.layout import Layout
+from ..storage.base import PieceStore
+from ..strategy.smartban import SmartBan
+from .services import Disk
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PieceAssembler", "PieceResults"]
+
+# At most this much memory in receive buffers kept for reuse.
+SPARE_BUFFER_BYTES = 64 << 20
+
+
+class PieceResults(Protocol):
+    """Where the outcome of each piece goes (the torrent)."""
+
+    def piece_passed(self, index: int) -> None: ...
+
+    def piece_failed(self, index: int) -> None: ...
+
+    def storage_failed(self, index: int, error: StorageError) -> None: ...
+
+    def ban(self, ip: str, reason: str) -> None: ...
+
+
+class PieceAssembler:
+    def __init__(self, layout: Layout, storage: PieceStore, disk: Disk, results: PieceResults) -> None:
+        self.layout = layout
+        self.storage = storage
+        self.disk = disk
+        self.results = results
+        self.smart_ban = SmartBan()
+        self._buffers: dict[int, memoryview] = {}
+        self._spare: list[mmap.mmap] = []
+        self._senders: dict[int, dict[int, str]] = {}  # piece -> block offset -> sender's IP
+        # Hash-and-write jobs run to the end even through a pause: cancelling
+        # one would leave its piece neither had nor wanted.
+        self.jobs: set[asyncio.Task[Any]] = set()
+
+    def add_block(self, index: int, begin: int, data: bytes | memoryview, sender: str) -> None:
+        buf = self._buffers.get(index)
+        if buf is None:
+            buf = self._buffers[index] = self._take_buffer(index)
+        buf[begin : begin + len(data)] = data
+        self._senders.setdefault(index, {})[begin] = sender
+
+    def finish(self, index: int) -> None:
+        """Every block of ``index`` is in: hash it and, if good, write it (off the loop)."""
+        job = asyncio.get_running_loop().create_task(self._finish(index), name=f"piece {index}")
+        self.jobs.add(job)
+        job.add_done_callback(self.jobs.discard)
+
+    async def drain(self) -> None:
+        """Wait for the pieces being hashed and written."""
+        if self.jobs:
+            await asyncio.wait(list(self.jobs))
+
+    async def _finish(self, index: int) -> None:
+        buf = self._buffers.pop(index)
+        senders = self._senders.pop(index, {})
+        try:
+            try:
+                ok = await self.disk.run(self.storage.write_piece_if_valid, index, buf)
+            except StorageError as exc:
+                self.results.storage_failed(index, exc)
+                return
+            if ok:
+                bans = self.smart_ban.piece_passed(index, buf) if len(self.smart_ban) else []
+                self.results.piece_passed(index)
+            else:
+                bans = self.smart_ban.piece_failed(index, buf, senders)
+                self.results.piece_failed(index)
+            for ip, reason in bans:
+                self.results.ban(ip, reason)
+        finally:
+            self._give_back(buf)
+
+    def _take_buffer(self, index: int) -> memoryview:
+        spare = self._spare.pop() if self._spare else mmap.mmap(-1, self.layout.piece_length)
+        return memoryview(spare)[: self.layout.piece_size(index)]
+
+    def _give_back(self, buf: memoryview) -> None:
+        spare = buf.obj
+        buf.release()
+        if isinstance(spare, mmap.mmap) and len(self._spare) * self.layout.piece_length < SPARE_BUFFER_BYTES:
+            self._spare.append(spare)

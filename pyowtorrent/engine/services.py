@@ -1,0 +1,151 @@
+"""What a session hands each torrent: settings and services, so a torrent never calls its session.
+
+A torrent gets a :class:`TorrentServices`: the settings it runs by, the
+engine clock, the disk executor, the dialler, the session-wide connection
+budget, the upload limiter and the HTTP client its trackers share.  The
+session implements :class:`Dialer` and :class:`ConnectionBudget`; the
+simulator runs the same torrent with other implementations of the same
+protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
+
+from ..wire.connection import PeerConnection
+from .clock import Clock
+from .handshake import PeerLink
+from .meters import RateLimiter
+from .net import Address
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ConnectionBudget",
+    "Dialer",
+    "Disk",
+    "InlineDisk",
+    "Supervisor",
+    "ThreadDisk",
+    "TorrentServices",
+    "TorrentSettings",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TorrentSettings:
+    peer_id: bytes
+    client_name: str
+    upload_slots: int = 4
+    max_connections_per_torrent: int = 50
+    # Requests unanswered this long go to other peers and the peer counts as snubbed.
+    request_timeout: float = 20.0
+    # A peer that dropped or refused us is tried again after this long.
+    reconnect_delay: float = 5.0
+    # Trackers: HTTP answers within tracker_timeout; UDP retries after
+    # udp_retransmit_base * 2^n seconds (BEP 15's 15 s; smaller in tests).
+    tracker_timeout: float = 30.0
+    udp_retransmit_base: float = 15.0
+    announce_key: int = 0  # BEP 7 'key': the same for the session's life
+
+
+class Disk(Protocol):
+    """Runs blocking storage work (hashing, reads, writes) off the event loop."""
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+class ThreadDisk:
+    """A thread pool: hashlib and file I/O release the GIL, so pieces hash on every core."""
+
+    def __init__(self, threads: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def shutdown(self) -> None:
+        # Waiting for the workers must not block the event loop.
+        await asyncio.to_thread(self.executor.shutdown, True)
+
+
+class InlineDisk:
+    """Runs storage work on the loop itself: deterministic, for the simulator's in-memory storage."""
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
+
+
+class Dialer(Protocol):
+    async def dial(self, address: Address, conn: PeerConnection) -> PeerLink | None:
+        """Connect to ``address`` and exchange handshakes for ``conn``'s torrent.
+
+        ``None`` when the connection cannot be had (refused, timed out, junk
+        instead of a handshake, another torrent, ourselves): the reason is the
+        dialler's to log, and the address is simply tried again later.
+        """
+        ...
+
+
+class ConnectionBudget(Protocol):
+    def can_connect(self) -> bool:
+        """Whether the session may hold one more peer connection."""
+        ...
+
+
+@dataclass
+class TorrentServices:
+    settings: TorrentSettings
+    clock: Clock
+    disk: Disk
+    dialer: Dialer
+    budget: ConnectionBudget
+    upload_limiter: RateLimiter
+    http: Callable[[], aiohttp.ClientSession]
+    listen_port: Callable[[], int]
+    rng: random.Random
+
+
+class Supervisor:
+    """Tasks that belong to one owner; a task's failure goes to ``on_error``, never further."""
+
+    def __init__(self, owner: str, on_error: Callable[[str, BaseException], None] | None = None) -> None:
+        self.owner = owner
+        self.on_error = on_error
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if self.on_error is not None:
+            self.on_error(task.get_name(), exc)
+        else:
+            log.error("%s: task %s failed", self.owner, task.get_name(), exc_info=exc)
+
+    def cancel(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)

@@ -1,0 +1,204 @@
+"""A torrent's trading policy: what to ask each peer for, and whom to upload to.
+
+:class:`Swarm` is the :class:`~pyowtorrent.engine.peer.PeerHost` of every
+peer of one torrent.  It feeds what peers say into the piece picker
+(rarest first, end-game), sends interest and requests, routes received
+blocks to the :class:`~pyowtorrent.engine.pieces.PieceAssembler`, serves
+uploads through the rate limiter and the disk executor, and applies the
+choker's decisions.  The sans-IO strategies decide; this only wires them to
+the peers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+from ..metainfo.torrent_file import Metainfo
+from ..storage.base import PieceStore
+from ..strategy.choker import Choker, PeerStats
+from ..strategy.picker import Block, PiecePicker
+from ..wire import events as ev
+from ..wire.bitfield import bitfield_bytes
+from .connections import PeerSet
+from .events import EventBus
+from .meters import RateMeter
+from .peer import OUR_REQQ, Peer
+from .pieces import PieceAssembler
+from .services import TorrentServices
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Swarm"]
+
+
+class Swarm:
+    def __init__(
+        self,
+        meta: Metainfo,
+        services: TorrentServices,
+        picker: PiecePicker,
+        priorities: Sequence[int],
+        storage: PieceStore,
+        assembler: PieceAssembler,
+        events: EventBus,
+        is_done: Callable[[], bool],
+    ) -> None:
+        self.meta = meta
+        self.services = services
+        self.clock = services.clock
+        self.picker = picker
+        self.priorities = priorities
+        self.storage = storage
+        self.assembler = assembler
+        self.is_done = is_done
+        self.choker = Choker(services.settings.upload_slots, seed=services.rng.getrandbits(64))
+        self.connections = PeerSet(meta, services, self, self._greet, events)
+        self.uploaded_bytes = 0
+        self.downloaded_bytes = 0
+        self.download_meter = RateMeter(self.clock)
+        self.upload_meter = RateMeter(self.clock)
+
+    @property
+    def peers(self) -> dict[tuple[str, int], Peer]:
+        return self.connections.peers
+
+    def _greet(self, peer: Peer) -> None:
+        """Our side of the opening: what we have, then (BEP 10) who we are."""
+        remote = peer.conn.remote
+        assert remote is not None
+        have = self.picker.num_have()
+        if remote.fast and have == self.meta.num_pieces:
+            peer.send(ev.HaveAll())
+        elif remote.fast and have == 0:
+            peer.send(ev.HaveNone())
+        elif have:
+            peer.send(ev.Bitfield(bitfield_bytes([self.picker.has(i) for i in range(self.meta.num_pieces)])))
+        if remote.extension_protocol:
+            settings = self.services.settings
+            port = self.services.listen_port() or None
+            peer.send(ev.ExtensionHandshake(v=settings.client_name, reqq=OUR_REQQ, p=port))
+
+    # -- PeerHost: what peers report -------------------------------------------
+
+    def have_piece(self, index: int) -> bool:
+        return self.picker.has(index)
+
+    def on_peer_pieces(self, peer: Peer) -> None:
+        if peer.num_have == self.meta.num_pieces:
+            peer.is_seed = True
+            self.picker.peer_have_all()
+        elif peer.num_have:
+            self.picker.peer_bitfield(peer.have)
+        self.update_interest(peer)
+
+    def on_peer_have(self, peer: Peer, index: int) -> None:
+        if peer.num_have == self.meta.num_pieces and not peer.is_seed:
+            # It just became a seed: count it as one, not piece by piece.
+            peer.have[index] = 0
+            self.picker.peer_lost(peer.have, False)
+            peer.have[index] = 1
+            peer.is_seed = True
+            self.picker.peer_have_all()
+        else:
+            self.picker.peer_have(index)
+        if not peer.am_interested and not self.picker.has(index) and self.priorities[index] > 0:
+            peer.send_interest(True)
+        self.fill_requests(peer)
+
+    def on_peer_interest(self, peer: Peer) -> None:
+        unchoked = sum(1 for p in self.peers.values() if not p.am_choking)
+        if peer.peer_interested and peer.am_choking and unchoked < self.services.settings.upload_slots:
+            self.rechoke()  # a free slot: no need to wait for the next round
+
+    def on_block(self, peer: Peer, block: Block, data: bytes | memoryview) -> None:
+        if not self.picker.wants_block(block):
+            return  # a late duplicate (end-game), or a piece we have
+        self.downloaded_bytes += len(data)
+        self.download_meter.add(len(data))
+        self.assembler.add_block(block.index, block.begin, data, peer.address[0])
+        complete, others = self.picker.on_block_received(peer, block)
+        for other in others:
+            if isinstance(other, Peer):
+                other.cancel(block)
+        if complete:
+            self.assembler.finish(block.index)
+
+    def on_request_failed(self, peer: Peer, block: Block) -> None:
+        self.picker.on_request_failed(peer, block)
+
+    def on_uploaded(self, peer: Peer, nbytes: int) -> None:
+        self.uploaded_bytes += nbytes
+        self.upload_meter.add(nbytes)
+
+    async def read_block(self, index: int, begin: int, length: int) -> bytes | bytearray:
+        await self.services.upload_limiter.take(length)
+        return await self.services.disk.run(self.storage.read_block, index, begin, length)
+
+    def peer_closed(self, peer: Peer) -> None:
+        if not self.connections.forget(peer):
+            return
+        self.picker.on_peer_gone(peer)
+        if peer.is_seed:
+            self.picker.peer_lost(None, is_seed=True)
+        elif peer.num_have:
+            self.picker.peer_lost(peer.have)
+        if not peer.am_choking:
+            self.rechoke()
+
+    # -- requests and interest ---------------------------------------------------
+
+    def wants_from(self, peer: Peer) -> bool:
+        if self.picker.is_finished():
+            return False
+        return any(v and not self.picker.has(i) and self.priorities[i] > 0 for i, v in enumerate(peer.have))
+
+    def update_interest(self, peer: Peer) -> None:
+        wanted = self.wants_from(peer)
+        peer.send_interest(wanted)
+        if wanted:
+            self.fill_requests(peer)
+
+    def fill_requests(self, peer: Peer) -> None:
+        if peer.closed.is_set() or peer.peer_choking or not peer.am_interested:
+            return
+        want = peer.queue_target - len(peer.outstanding)
+        if want <= 0:
+            return
+        blocks = self.picker.pick(peer, peer.have, want)
+        if blocks:
+            peer.request(blocks)
+        elif not peer.outstanding:
+            peer.send_interest(self.wants_from(peer))  # it may have nothing left that we want
+
+    def refill_all(self) -> None:
+        for p in list(self.peers.values()):
+            self.fill_requests(p)
+
+    def announce_piece(self, index: int) -> None:
+        for p in list(self.peers.values()):
+            p.send(ev.Have(index))
+
+    def reconsider_interest(self) -> None:
+        for p in list(self.peers.values()):
+            self.update_interest(p)
+
+    # -- choking --------------------------------------------------------------------
+
+    def rechoke(self) -> None:
+        now = self.clock.now()
+        stats = [
+            PeerStats(
+                key=p.address,
+                interested=p.peer_interested,
+                download_rate=p.downloaded.rate(now),
+                upload_rate=p.uploaded.rate(now),
+                snubbed=p.snubbed,
+                is_seed=p.is_seed,
+                connected_at=p.connected_at,
+            )
+            for p in self.peers.values()
+        ]
+        decision = self.choker.rechoke(now, stats, self.is_done())
+        for p in list(self.peers.values()):
+            p.set_choking(p.address not in decision.unchoke)
