@@ -55,7 +55,8 @@ from _common import (  # noqa: E402  (benchmarks/, beside this script)
 sys.path.insert(0, str(REPO))
 
 from pyowtorrent.storage.create import auto_piece_length, create_torrent  # noqa: E402
-from pyowtorrent.storage.hasher import default_threads, verify_payload  # noqa: E402
+from pyowtorrent.storage.hasher import default_threads  # noqa: E402
+from pyowtorrent.storage.verifier import verify_payload  # noqa: E402
 from pyowtorrent.metainfo.torrent_file import Metainfo  # noqa: E402
 
 BASELINE_BUFFER = 256 * MiB

@@ -470,7 +470,7 @@ def run_case(
 
 def check_download(torrent: Path, out: Path) -> None:
     """Hash what the leecher wrote: a fast figure must never be a wrong one."""
-    from pyowtorrent.storage.hasher import verify_payload
+    from pyowtorrent.storage.verifier import verify_payload
     from pyowtorrent.metainfo.torrent_file import load_metainfo
 
     meta = load_metainfo(torrent)

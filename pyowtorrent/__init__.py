@@ -29,8 +29,8 @@ _LAZY = {
     "Magnet": ".metainfo.magnet",
     "parse_magnet": ".metainfo.magnet",
     "create_torrent": ".storage.create",
-    "VerifyReport": ".storage.hasher",
-    "verify_payload": ".storage.hasher",
+    "VerifyReport": ".storage.verifier",
+    "verify_payload": ".storage.verifier",
 }
 
 __all__ = [
@@ -59,6 +59,6 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from .storage.create import create_torrent
-    from .storage.hasher import VerifyReport, verify_payload
+    from .storage.verifier import VerifyReport, verify_payload
     from .metainfo.magnet import Magnet, parse_magnet
     from .metainfo.torrent_file import Metainfo, load_metainfo, parse_metainfo

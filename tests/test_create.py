@@ -10,7 +10,7 @@ import pytest
 from pyowtorrent.metainfo.bencoding import decode
 from pyowtorrent.storage.create import auto_piece_length, create_torrent
 from pyowtorrent.errors import MetainfoError, StorageError
-from pyowtorrent.storage.hasher import verify_payload
+from pyowtorrent.storage.verifier import verify_payload
 from pyowtorrent.metainfo.torrent_file import parse_metainfo
 
 

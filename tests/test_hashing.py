@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from pyowtorrent.metainfo.bencoding import encode
 from pyowtorrent.storage.create import create_torrent
-from pyowtorrent.storage.hasher import hash_pieces, payload_paths, verify_payload
+from pyowtorrent.storage.hasher import hash_pieces
+from pyowtorrent.storage.verifier import payload_paths, verify_payload
 from pyowtorrent.metainfo.layout import FileEntry, Layout
 from pyowtorrent.metainfo.torrent_file import parse_metainfo
 

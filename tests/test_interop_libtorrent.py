@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import pytest
 
 from pyowtorrent.storage.create import auto_piece_length, create_torrent
-from pyowtorrent.storage.hasher import verify_payload
+from pyowtorrent.storage.verifier import verify_payload
 from pyowtorrent.metainfo.torrent_file import Metainfo, load_metainfo, parse_metainfo
 
 from .conftest import REPO

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage.create import create_torrent
-from ..storage.hasher import verify_payload
+from ..storage.verifier import verify_payload
 
 
 def make_sample(root: Path, size: int) -> Path:

@@ -14,7 +14,7 @@ import sys
 from typing import Any, Callable, Sequence, TextIO
 
 from ..errors import PyowtorrentError
-from ..storage.hasher import VerifyReport, verify_payload
+from ..storage.verifier import VerifyReport, verify_payload
 from ..metainfo.torrent_file import Metainfo, load_metainfo
 
 CLEARED = "DATA INTEGRITY CLEARED!"

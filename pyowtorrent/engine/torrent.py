@@ -17,7 +17,7 @@ from typing import AsyncIterator, Callable, Iterable, Sequence
 from ..errors import PyowtorrentError, StorageError
 from ..metainfo.torrent_file import Metainfo
 from ..storage.base import PieceStore
-from ..storage.files import ResumeData, write_atomically
+from ..storage.resume import ResumeData, write_atomically
 from ..strategy.picker import PiecePicker
 from ..wire import events as ev
 from .announcer import AnnounceStats, Announcer

@@ -11,25 +11,20 @@ inside the save directory.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import StorageError
-from .hasher import Progress, check_files, hash_pieces
+from .hasher import Progress, hash_pieces
+from .verifier import check_files
 from ..metainfo.torrent_file import Metainfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Storage", "ResumeData"]
-
-RESUME_VERSION = 1
+__all__ = ["Storage"]
 
 
 class Storage:
@@ -192,91 +187,3 @@ class Storage:
                 except OSError:
                     break
                 d = d.parent
-
-
-@dataclass
-class ResumeData:
-    """What a restart needs to skip a full recheck: verified pieces and the files as they were."""
-
-    info_hash: bytes
-    have: bytearray
-    stamps: list[tuple[int, int] | None]
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": RESUME_VERSION,
-                "info_hash": self.info_hash.hex(),
-                "num_pieces": len(self.have),
-                "have": base64.b64encode(bytes(_pack(self.have))).decode(),
-                "files": [list(s) if s is not None else None for s in self.stamps],
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str, meta: Metainfo) -> ResumeData | None:
-        """Resume data for ``meta``, or ``None`` if the file is not usable (then everything is rechecked)."""
-        try:
-            doc: Any = json.loads(text)
-            if doc.get("version") != RESUME_VERSION or doc.get("info_hash") != meta.info_hash.hex():
-                return None
-            if doc.get("num_pieces") != meta.num_pieces:
-                return None
-            have = _unpack(base64.b64decode(doc["have"], validate=True), meta.num_pieces)
-            files = doc["files"]
-            if not isinstance(files, list) or len(files) != len(meta.files):
-                return None
-            stamps: list[tuple[int, int] | None] = []
-            for s in files:
-                if s is None:
-                    stamps.append(None)
-                elif isinstance(s, list) and len(s) == 2 and all(type(v) is int for v in s):
-                    stamps.append((s[0], s[1]))
-                else:
-                    return None
-            return cls(meta.info_hash, have, stamps)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def trusted_pieces(self, meta: Metainfo, current: list[tuple[int, int] | None]) -> set[int]:
-        """The recorded pieces whose files are exactly as recorded (same size and mtime)."""
-        changed = {i for i, (a, b) in enumerate(zip(self.stamps, current)) if a != b}
-        out = set()
-        for i in range(meta.num_pieces):
-            if self.have[i] and not any(s.file_index in changed for s in meta.layout.piece_slices(i)):
-                out.add(i)
-        return out
-
-
-def _pack(have: bytearray) -> bytearray:
-    out = bytearray((len(have) + 7) // 8)
-    for i, v in enumerate(have):
-        if v:
-            out[i >> 3] |= 0x80 >> (i & 7)
-    return out
-
-
-def _unpack(bits: bytes, n: int) -> bytearray:
-    if len(bits) != (n + 7) // 8:
-        raise ValueError("bitfield length")
-    return bytearray(1 if bits[i >> 3] & (0x80 >> (i & 7)) else 0 for i in range(n))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a small file so that a crash leaves either the old or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)  # make the rename itself durable
-    finally:
-        os.close(dfd)
-
