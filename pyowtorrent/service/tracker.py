@@ -40,6 +40,10 @@ Rules it follows, and why:
 * **Events.**  ``started``, ``completed``, ``stopped``, ``empty`` (or none) per
   BEP 3, and ``paused`` (BEP 21, which libtorrent sends) as a regular announce.
   ``stopped`` removes the entry; ``completed`` counts a download once per entry.
+
+The swarms themselves (peers, expiry, bounds) are kept by
+:class:`~pyowtorrent.service.swarms.SwarmRegistry`, which knows nothing of
+HTTP; :class:`Tracker` parses requests, answers them and runs the server.
 """
 
 from __future__ import annotations
@@ -48,10 +52,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
@@ -59,6 +61,17 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from ..metainfo.bencoding import encode
+from .swarms import (
+    HASH_LENGTH,
+    NOT_ALLOWED,
+    Address,
+    AnnounceEvent,
+    PeerEntry,
+    Refusal,
+    SwarmRegistry,
+    SwarmStats,
+    TrackedPeer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +96,10 @@ _MAX_REQUEST_LINE: Final = 64 * 1024
 # file descriptor held (aiohttp's default is an hour).
 _KEEPALIVE_TIMEOUT: Final = 15.0
 
-#: The failure reason for an info-hash that is not on the allow-list.
-NOT_ALLOWED: Final = "torrent not allowed on this tracker"
-
-_HASH_LENGTH: Final = 20
 _MAX_COUNTER: Final = 2**63 - 1  # uploaded / downloaded / left, in bytes
 
 # Event names on the wire -> what we do with them (None: a regular announce).
-_EVENTS: Final[dict[bytes, str | None]] = {
+_EVENTS: Final[dict[bytes, AnnounceEvent]] = {
     b"": None,
     b"empty": None,
     b"paused": None,
@@ -99,55 +108,8 @@ _EVENTS: Final[dict[bytes, str | None]] = {
     b"stopped": "stopped",
 }
 
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-
-@dataclass(frozen=True, slots=True)
-class TrackedPeer:
-    """One peer of a swarm as the tracker knows it (see :meth:`Tracker.peers`)."""
-
-    peer_id: bytes
-    ip: str
-    port: int
-    left: int
-    last_seen: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Peer:
-    peer_id: bytes
-    address: _Address
-    port: int
-    left: int
-    last_seen: float
-    completed: bool  # this entry has announced ``completed`` (counted once)
-    compact: bytes  # BEP 23 / BEP 7: address then port, network byte order
-
-    @property
-    def ipv6(self) -> bool:
-        return self.address.version == 6
-
-
-# A swarm's peers are keyed by (peer id, address): see the module docstring.
-_Key = tuple[bytes, _Address]
-
-
-class _Swarm:
-    __slots__ = ("peers", "seeders", "downloaded")
-
-    def __init__(self) -> None:
-        # Insertion order is last-announce order (an announce re-inserts), so
-        # the oldest entries are first: expiry and eviction pop from the front.
-        self.peers: dict[_Key, _Peer] = {}
-        self.seeders = 0
-        self.downloaded = 0
-
-
-class _Refusal(Exception):
-    """A request the tracker answers with a ``failure reason``."""
-
-
-def peer_address(remote: str) -> _Address:
+def peer_address(remote: str) -> Address:
     """The address a connection came from, IPv4-mapped IPv6 (``::ffff:a.b.c.d``) as IPv4."""
     address = ipaddress.ip_address(remote)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -170,7 +132,7 @@ def _parse_query(query: str) -> list[tuple[bytes, bytes]]:
         try:
             pairs.append((unquote_to_bytes(key), unquote_to_bytes(value)))
         except UnicodeError:
-            raise _Refusal("query string is not ASCII") from None
+            raise Refusal("query string is not ASCII") from None
     return pairs
 
 
@@ -178,13 +140,13 @@ def _uint(value: bytes, name: str, maximum: int = _MAX_COUNTER) -> int:
     # bytes.isdigit is ASCII only (str.isdigit would take "²"); the length
     # bound keeps int() cheap.
     if not value.isdigit() or len(value) > 20 or int(value) > maximum:
-        raise _Refusal(f"{name} must be an integer from 0 to {maximum}")
+        raise Refusal(f"{name} must be an integer from 0 to {maximum}")
     return int(value)
 
 
 def _info_hash(value: bytes) -> bytes:
-    if len(value) != _HASH_LENGTH:
-        raise _Refusal(f"info_hash must be {_HASH_LENGTH} bytes, not {len(value)}")
+    if len(value) != HASH_LENGTH:
+        raise Refusal(f"info_hash must be {HASH_LENGTH} bytes, not {len(value)}")
     return value
 
 
@@ -231,22 +193,17 @@ class Tracker:
             raise ValueError(f"numwant bounds must be non-negative, not {max_numwant} and {default_numwant}")
         if min(max_peers_per_torrent, max_torrents, max_peers) <= 0:
             raise ValueError("max_peers_per_torrent, max_torrents and max_peers must be positive")
-        self.interval = interval
         self.min_interval = min_interval
         self.max_numwant = max_numwant
         self.default_numwant = min(default_numwant, max_numwant)
-        self.max_peers_per_torrent = max_peers_per_torrent
-        self.max_torrents = max_torrents
-        self.max_peers = max_peers
-        self._clock = clock
-        self._rng = random.Random()
-        self._allowed: set[bytes] | None = None
-        self._swarms: dict[bytes, _Swarm] = {}
-        self._peer_count = 0
-        if allowed_info_hashes is not None:
-            self._allowed = set()
-            for info_hash in allowed_info_hashes:
-                self.allow(info_hash)
+        self._swarms = SwarmRegistry(
+            interval=interval,
+            clock=clock,
+            allowed_info_hashes=allowed_info_hashes,
+            max_peers_per_torrent=max_peers_per_torrent,
+            max_torrents=max_torrents,
+            max_peers=max_peers,
+        )
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._port: int | None = None
@@ -335,14 +292,27 @@ class Tracker:
 
     # ------------------------------------------------------------ torrents, peers
 
+    # The interval and the bounds are the registry's, read-only here: they
+    # are kept in one place so they cannot disagree.
+    @property
+    def interval(self) -> int:
+        return self._swarms.interval
+
+    @property
+    def max_peers_per_torrent(self) -> int:
+        return self._swarms.max_peers_per_torrent
+
+    @property
+    def max_torrents(self) -> int:
+        return self._swarms.max_torrents
+
+    @property
+    def max_peers(self) -> int:
+        return self._swarms.max_peers
+
     def allow(self, info_hash: bytes) -> None:
         """Track ``info_hash`` (on an open tracker: list it in a full scrape even with no peers yet)."""
-        if len(info_hash) != _HASH_LENGTH:
-            raise ValueError(f"an info-hash is {_HASH_LENGTH} bytes, not {len(info_hash)}")
-        info_hash = bytes(info_hash)
-        if self._allowed is not None:
-            self._allowed.add(info_hash)
-        self._swarms.setdefault(info_hash, _Swarm())
+        self._swarms.allow(info_hash)
 
     def disallow(self, info_hash: bytes) -> None:
         """Stop tracking ``info_hash`` and forget its peers and its counts.
@@ -350,53 +320,20 @@ class Tracker:
         On an open tracker (no allow-list) this only forgets: the torrent is
         tracked again on its next announce.
         """
-        if self._allowed is not None:
-            self._allowed.discard(info_hash)
-        swarm = self._swarms.pop(info_hash, None)
-        if swarm is not None:
-            self._peer_count -= len(swarm.peers)
+        self._swarms.disallow(info_hash)
 
     @property
     def allowed_info_hashes(self) -> frozenset[bytes] | None:
         """The allow-list, or ``None`` for an open tracker."""
-        return None if self._allowed is None else frozenset(self._allowed)
+        return self._swarms.allowed_info_hashes
 
     def peers(self, info_hash: bytes) -> list[TrackedPeer]:
         """The live peers of a torrent, oldest announce first."""
-        swarm = self._swarms.get(info_hash)
-        if swarm is None:
-            return []
-        self._expire(swarm, self._clock())
-        return [
-            TrackedPeer(peer.peer_id, str(peer.address), peer.port, peer.left, peer.last_seen)
-            for peer in swarm.peers.values()
-        ]
-
-    def _insert(self, swarm: _Swarm, key: _Key, peer: _Peer) -> None:
-        swarm.peers[key] = peer
-        swarm.seeders += peer.left == 0
-        self._peer_count += 1
-
-    def _remove(self, swarm: _Swarm, key: _Key) -> _Peer | None:
-        peer = swarm.peers.pop(key, None)
-        if peer is not None:
-            swarm.seeders -= peer.left == 0
-            self._peer_count -= 1
-        return peer
-
-    def _expire(self, swarm: _Swarm, now: float) -> None:
-        deadline = now - 2 * self.interval
-        while swarm.peers:
-            key, oldest = next(iter(swarm.peers.items()))
-            if oldest.last_seen >= deadline:
-                break
-            self._remove(swarm, key)
+        return self._swarms.peers(info_hash)
 
     def sweep(self) -> None:
         """Drop every expired peer now (also done periodically and on each request)."""
-        now = self._clock()
-        for swarm in self._swarms.values():
-            self._expire(swarm, now)
+        self._swarms.sweep()
 
     async def _sweep_periodically(self) -> None:
         period = min(float(self.interval), 300.0)
@@ -406,22 +343,6 @@ class Tracker:
                 self.sweep()
             except Exception:  # a broken injected clock must not end the sweeps
                 log.exception("tracker expiry sweep failed")
-
-    def _swarm_for_announce(self, info_hash: bytes) -> _Swarm:
-        swarm = self._swarms.get(info_hash)
-        if swarm is not None:
-            return swarm
-        if self._allowed is not None:
-            raise _Refusal(NOT_ALLOWED)  # allowed torrents have their swarm from allow()
-        if len(self._swarms) >= self.max_torrents:
-            # Make room from torrents nobody is in any longer (their counts go).
-            self.sweep()
-            for empty in [h for h, s in self._swarms.items() if not s.peers]:
-                del self._swarms[empty]
-            if len(self._swarms) >= self.max_torrents:
-                raise _Refusal("this tracker tracks as many torrents as it can")
-        swarm = self._swarms[info_hash] = _Swarm()
-        return swarm
 
     # ---------------------------------------------------------------- handlers
 
@@ -437,9 +358,9 @@ class Tracker:
         try:
             query = _split_query(request.raw_path)
             if len(query) > MAX_QUERY_LENGTH:
-                raise _Refusal(f"query string longer than {MAX_QUERY_LENGTH} characters")
+                raise Refusal(f"query string longer than {MAX_QUERY_LENGTH} characters")
             return _bencoded(handler(request, _parse_query(query)))
-        except _Refusal as refusal:
+        except Refusal as refusal:
             log.debug("tracker refused %s from %s: %s", request.path, request.remote, refusal)
             return _failure(str(refusal))
         except Exception:
@@ -452,23 +373,23 @@ class Tracker:
         def required(name: str) -> bytes:
             value = fields.get(name.encode())
             if value is None:
-                raise _Refusal(f"missing {name}")
+                raise Refusal(f"missing {name}")
             return value
 
         info_hash = _info_hash(required("info_hash"))
         peer_id = required("peer_id")
-        if len(peer_id) != _HASH_LENGTH:
-            raise _Refusal(f"peer_id must be {_HASH_LENGTH} bytes, not {len(peer_id)}")
+        if len(peer_id) != HASH_LENGTH:
+            raise Refusal(f"peer_id must be {HASH_LENGTH} bytes, not {len(peer_id)}")
         port = _uint(required("port"), "port", 65535)
         if port == 0:
-            raise _Refusal("port must be an integer from 1 to 65535")
+            raise Refusal("port must be an integer from 1 to 65535")
         left = _uint(required("left"), "left")
         for name in ("uploaded", "downloaded"):
             if name.encode() in fields:
                 _uint(fields[name.encode()], name)
         event_name = fields.get(b"event", b"")
         if event_name not in _EVENTS:
-            raise _Refusal("event must be started, completed, stopped or empty")
+            raise Refusal("event must be started, completed, stopped or empty")
         event = _EVENTS[event_name]
         numwant = self.default_numwant
         if b"numwant" in fields:
@@ -482,50 +403,19 @@ class Tracker:
         # ``key``, ``trackerid``: accepted; a peer is already its id and address.
 
         if request.remote is None:
-            raise _Refusal("cannot tell the address this announce came from")
+            raise Refusal("cannot tell the address this announce came from")
         try:
             address = peer_address(request.remote)
         except ValueError:
-            raise _Refusal("cannot tell the address this announce came from") from None
+            raise Refusal("cannot tell the address this announce came from") from None
 
-        now = self._clock()
-        key: _Key = (peer_id, address)
-        if event == "stopped":
-            swarm = self._swarms.get(info_hash)
-            if swarm is None:
-                if self._allowed is not None:
-                    raise _Refusal(NOT_ALLOWED)
-                swarm = _Swarm()  # not kept: a stopped peer does not make a torrent
-            self._expire(swarm, now)
-            self._remove(swarm, key)
-            return self._announce_answer(swarm, [], compact, no_peer_id)
+        stats, chosen = self._swarms.announce(info_hash, peer_id, address, port, left, event, numwant)
+        return self._announce_answer(stats, chosen, compact, no_peer_id)
 
-        swarm = self._swarm_for_announce(info_hash)
-        self._expire(swarm, now)
-        if key not in swarm.peers and self._peer_count >= self.max_peers:
-            self.sweep()
-            if self._peer_count >= self.max_peers:
-                raise _Refusal("this tracker tracks as many peers as it can")
-        previous = self._remove(swarm, key)
-        completed = previous is not None and previous.completed
-        if event == "completed" and not completed:
-            swarm.downloaded += 1
-            completed = True
-        while len(swarm.peers) >= self.max_peers_per_torrent:
-            self._remove(swarm, next(iter(swarm.peers)))
-        compact_address = address.packed + port.to_bytes(2, "big")
-        self._insert(swarm, key, _Peer(peer_id, address, port, left, now, completed, compact_address))
-
-        others = [peer for peer in swarm.peers.values() if peer.peer_id != peer_id]
-        chosen = others if numwant >= len(others) else self._rng.sample(others, numwant)
-        return self._announce_answer(swarm, chosen, compact, no_peer_id)
-
-    def _announce_answer(self, swarm: _Swarm, chosen: list[_Peer], compact: bool, no_peer_id: bool) -> dict[str, Any]:
-        answer: dict[str, Any] = {
-            "interval": self.interval,
-            "complete": swarm.seeders,
-            "incomplete": len(swarm.peers) - swarm.seeders,
-        }
+    def _announce_answer(
+        self, stats: SwarmStats, chosen: list[PeerEntry], compact: bool, no_peer_id: bool
+    ) -> dict[str, Any]:
+        answer: dict[str, Any] = {"interval": self.interval, "complete": stats.complete, "incomplete": stats.incomplete}
         if self.min_interval is not None:
             answer["min interval"] = self.min_interval
         if compact:
@@ -545,25 +435,8 @@ class Tracker:
 
     def _scrape(self, request: web.Request, pairs: list[tuple[bytes, bytes]]) -> dict[Any, Any]:
         requested = [_info_hash(value) for name, value in pairs if name == b"info_hash"]
-        now = self._clock()
-        if not requested:
-            wanted = list(self._swarms)
-        else:
-            # Any valid info-hash gets an answer (zeros if unknown), except
-            # one the allow-list leaves out.
-            wanted = list(dict.fromkeys(requested))
-            if self._allowed is not None:
-                wanted = [info_hash for info_hash in wanted if info_hash in self._allowed]
-        files: dict[bytes, dict[str, int]] = {}
-        for info_hash in wanted:
-            swarm = self._swarms.get(info_hash)
-            if swarm is None:
-                files[info_hash] = {"complete": 0, "incomplete": 0, "downloaded": 0}
-                continue
-            self._expire(swarm, now)
-            files[info_hash] = {
-                "complete": swarm.seeders,
-                "incomplete": len(swarm.peers) - swarm.seeders,
-                "downloaded": swarm.downloaded,
-            }
+        files = {
+            info_hash: {"complete": stats.complete, "incomplete": stats.incomplete, "downloaded": stats.downloaded}
+            for info_hash, stats in self._swarms.scrape(requested).items()
+        }
         return {"files": files}

@@ -9,6 +9,11 @@ It checks every rule of BEP 3, 6 and 10 that one connection can see and
 fails on the first broken one with a :class:`RemoteProtocolError` naming it.
 What we send is held to the same rules (:class:`LocalProtocolError`), so a
 bug of ours shows up here and not as a peer hanging up on us.
+
+The rules live beside it, one concern each: ``_limits`` (piece indices,
+blocks, bitfields, message headers), ``_requests`` (what we asked for and may
+still be answered), ``_extensions`` (BEP 10 ids).  This module ties them to
+the byte stream, and keeps receiving a piece to a handful of calls.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import get_args
 
 from ..metainfo.layout import BLOCK_SIZE
 from ._buffer import ByteQueue
-from .bitfield import bitfield_length
+from ._extensions import ExtensionIds
+from ._limits import Bounds, HeaderRules
+from ._requests import RequestLedger
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
 from .events import (
     AllowedFast,
@@ -46,14 +53,7 @@ from .events import (
     Unchoke,
 )
 from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
-from .messages import (
-    EXTENSION_HANDSHAKE_ID,
-    FAST_IDS,
-    FIXED_LENGTH,
-    MessageId,
-    decode_extension_handshake,
-    encode_message,
-)
+from .messages import EXTENSION_HANDSHAKE_ID, MessageId, decode_extension_handshake, encode_message
 
 # parse_handshake is re-exported: the accepting side needs it next to PeerConnection.
 __all__ = ["DEFAULT_MAX_BLOCK", "DEFAULT_MAX_EXTENSION_MESSAGE", "PeerConnection", "parse_handshake"]
@@ -64,10 +64,6 @@ DEFAULT_MAX_BLOCK = BLOCK_SIZE
 # Extension messages carry metadata pieces (16 KiB) and peer lists; 1 MiB
 # is far above any legitimate one and bounds what a peer makes us buffer.
 DEFAULT_MAX_EXTENSION_MESSAGE = 1 << 20
-# Answers we tolerate once (to a cancel, or to requests a BEP 3 choke
-# dropped) are forgotten oldest first beyond this many: a peer that never
-# answers must not make the set grow for the life of the connection.
-_MAX_TOLERATED = 4096
 
 _LENGTH = struct.Struct(">I")
 _INDEX_BODY = struct.Struct(">xI")  # id, index
@@ -76,10 +72,7 @@ _PIECE_HEAD = struct.Struct(">xII")  # id, index, begin
 _PORT_BODY = struct.Struct(">xH")
 
 # Plain ints on the hot path: comparing with an IntEnum member costs an attribute lookup.
-_PIECE, _BITFIELD, _PORT, _EXTENDED = (
-    int(m) for m in (MessageId.PIECE, MessageId.BITFIELD, MessageId.PORT, MessageId.EXTENDED)
-)
-_FIRST_IDS = frozenset(int(i) for i in (MessageId.BITFIELD, MessageId.HAVE_ALL, MessageId.HAVE_NONE))
+_PIECE, _PORT, _EXTENDED = (int(m) for m in (MessageId.PIECE, MessageId.PORT, MessageId.EXTENDED))
 # Messages without fields are all alike: one instance each.
 _KEEP_ALIVE = KeepAlive()
 _CHOKE, _UNCHOKE, _INTERESTED, _NOT_INTERESTED = Choke(), Unchoke(), Interested(), NotInterested()
@@ -91,8 +84,6 @@ _BEFORE_FIRST = (KeepAlive, Port, ExtensionHandshake, Extended)
 _FIRST = (Bitfield, HaveAll, HaveNone)
 _FAST_MESSAGES = (Suggest, HaveAll, HaveNone, Reject, AllowedFast)
 _MESSAGE_TYPES = frozenset(get_args(Message))
-
-_BlockKey = tuple[int, int, int]  # index, begin, length
 
 
 class PeerConnection:
@@ -135,8 +126,7 @@ class PeerConnection:
         self.total_length = total_length
         self.max_block = max_block
         self.max_extension_message = max_extension_message
-        self._last_piece_length = total_length - piece_length * (num_pieces - 1) if num_pieces else 0
-        self._bitfield_length = bitfield_length(num_pieces)
+        self._bounds = Bounds(num_pieces, piece_length, total_length, max_block)
         # BEP 3: connections start out choked and not interested.
         self.am_choking = True
         self.am_interested = False
@@ -148,16 +138,11 @@ class PeerConnection:
         self._handshake_sent = False
         self._length: int | None = None  # length prefix of the message being received
         self._header_checked = False
-        self._max_length = 0  # set once the remote's handshake says what it speaks
+        self._headers: HeaderRules | None = None  # set once the remote's handshake says what it speaks
         self._remote_started = False  # a message other than _BEFORE_FIRST was received
         self._local_started = False  # ... or sent
-        # Requests we sent and how many answers each may still get: a
-        # request sent again (say after a timeout) may be answered twice.
-        self._requested: dict[_BlockKey, int] = {}
-        self._tolerated: dict[_BlockKey, int] = {}
-        self._remote_extensions: dict[str, int] = {}
-        self._advertised_ids: set[int] = set()
-        self._fixed_lengths: dict[int, int] = {}  # filled in by the remote's handshake
+        self._requests = RequestLedger()
+        self._extensions = ExtensionIds()
 
     # -- what was negotiated ------------------------------------------------
 
@@ -177,15 +162,15 @@ class PeerConnection:
     @property
     def remote_extensions(self) -> Mapping[str, int]:
         """Extension name -> the id the remote wants it sent under (BEP 10 ``m``)."""
-        return MappingProxyType(self._remote_extensions)
+        return MappingProxyType(self._extensions.remote)
 
     @property
     def outstanding_requests(self) -> frozenset[Request]:
         """Requests we sent that the remote has not yet answered, rejected, or had cancelled."""
-        return frozenset(Request(*key) for key in self._requested)
+        return frozenset(Request(*key) for key in self._requests.outstanding)
 
     def piece_size(self, index: int) -> int:
-        return self._last_piece_length if index == self.num_pieces - 1 else self.piece_length
+        return self._bounds.piece_size(index)
 
     # -- sending ------------------------------------------------------------
 
@@ -226,7 +211,12 @@ class PeerConnection:
         self._local_started = self._local_started or starts
 
     def _validate_outgoing(self, message: Message) -> None:
-        if isinstance(message, Choke):
+        bounds = self._bounds
+        # The types are disjoint (send() takes no subclass), so the order is
+        # only speed: a leecher sends a request per block.
+        if isinstance(message, Request):
+            self._requests.sent(bounds.check_block(message.index, message.begin, message.length))
+        elif isinstance(message, Choke):
             self.am_choking = True
         elif isinstance(message, Unchoke):
             self.am_choking = False
@@ -235,35 +225,24 @@ class PeerConnection:
         elif isinstance(message, NotInterested):
             self.am_interested = False
         elif isinstance(message, (Have, Suggest, AllowedFast)):
-            self._check_index(message.index)
+            bounds.check_index(message.index)
         elif isinstance(message, Bitfield):
-            self._check_bitfield(message.bits)
-        elif isinstance(message, Request):
-            key = self._check_block(message.index, message.begin, message.length)
-            self._requested[key] = self._requested.get(key, 0) + 1
+            bounds.check_bitfield(message.bits)
         elif isinstance(message, Cancel):
-            key = self._check_block(message.index, message.begin, message.length)
-            if key not in self._requested:
+            if not self._requests.cancel(bounds.check_block(message.index, message.begin, message.length)):
                 raise LocalProtocolError(f"{message} cancels no outstanding request")
-            self._tolerate(key, self._requested.pop(key))
         elif isinstance(message, (Piece, Reject)):
             length = len(message.block) if isinstance(message, Piece) else message.length
-            self._check_block(message.index, message.begin, length)
+            bounds.check_block(message.index, message.begin, length)
         elif isinstance(message, Port):
             if not self.local.dht:
                 raise LocalProtocolError("a Port message advertises a DHT node, and we did not set the DHT bit")
             if not 0 <= message.port < 1 << 16:
                 raise LocalProtocolError(f"port {message.port} is not a port number")
         elif isinstance(message, ExtensionHandshake):
-            ids = [i for i in message.m.values() if i]
-            if any(not 0 <= i <= 255 for i in message.m.values()) or len(ids) != len(set(ids)):
-                raise LocalProtocolError(f"extension ids must be distinct bytes: {message.m}")
-            self._advertised_ids.update(ids)
+            self._extensions.advertise(message.m)
         elif isinstance(message, Extended):
-            if message.ext_id not in self._remote_extensions.values():
-                raise LocalProtocolError(f"the remote has no extension message with id {message.ext_id}")
-            if 2 + len(message.payload) > self.max_extension_message:
-                raise LocalProtocolError(f"extension message of {len(message.payload)} bytes is over the limit")
+            self._extensions.check_outgoing(message, self.max_extension_message)
 
     # -- receiving ----------------------------------------------------------
 
@@ -287,8 +266,13 @@ class PeerConnection:
 
     def _parse(self, events: list[Event]) -> None:
         buf = self._buffer
-        if self.remote is None and not self._parse_handshake(events):
-            return
+        headers = self._headers
+        if headers is None:
+            headers = self._parse_handshake(events)
+            if headers is None:
+                return
+        max_length = headers.max_length
+        check_header = headers.check
         while True:
             length = self._length
             if length is None:
@@ -298,9 +282,9 @@ class PeerConnection:
                 if length == 0:
                     events.append(_KEEP_ALIVE)
                     continue
-                if length > self._max_length:
+                if length > max_length:
                     raise RemoteProtocolError(
-                        Violation.MESSAGE_TOO_LONG, f"{length}-byte message, the limit is {self._max_length}"
+                        Violation.MESSAGE_TOO_LONG, f"{length}-byte message, the limit is {max_length}"
                     )
                 self._length = length
                 self._header_checked = False
@@ -309,18 +293,19 @@ class PeerConnection:
                     return
                 # Checked before the body arrives, so a bad header is refused
                 # without buffering up to the length it announces.
-                self._check_header(buf.peek_byte(), length)
+                check_header(buf.peek_byte(), length, self._remote_started)
                 self._header_checked = True
             if buf.size < length:
                 return
             self._length = None
             events.append(self._read_message(length))
 
-    def _parse_handshake(self, events: list[Event]) -> bool:
+    def _parse_handshake(self, events: list[Event]) -> HeaderRules | None:
+        """The remote's handshake, if it is all here; then the rules of what may follow it."""
         buf = self._buffer
         if buf.size < HANDSHAKE_LENGTH:
             parse_handshake(buf.peek(len(PROTOCOL)))  # refuse a bad protocol string early
-            return False
+            return None
         handshake = parse_handshake(buf.take(HANDSHAKE_LENGTH))
         assert handshake is not None
         if handshake.info_hash != self.info_hash:
@@ -328,49 +313,14 @@ class PeerConnection:
                 Violation.WRONG_INFO_HASH, f"the peer wants {handshake.info_hash.hex()}, not {self.info_hash.hex()}"
             )
         self.remote = handshake
-        self._max_length = max(13, 9 + self.max_block, 1 + self._bitfield_length)
-        if self.extension_protocol_enabled:
-            self._max_length = max(self._max_length, self.max_extension_message)
-        # The fixed-size messages legal on this connection, and their lengths.
-        self._fixed_lengths = {
-            msg_id: size for msg_id, size in FIXED_LENGTH.items() if self.fast_enabled or msg_id not in FAST_IDS
-        }
+        self._headers = headers = HeaderRules(
+            self._bounds,
+            fast=self.fast_enabled,
+            extension_protocol=self.extension_protocol_enabled,
+            max_extension_message=self.max_extension_message,
+        )
         events.append(handshake)
-        return True
-
-    def _check_header(self, msg_id: int, length: int) -> None:
-        fixed = self._fixed_lengths.get(msg_id)
-        if fixed is not None:
-            if msg_id in _FIRST_IDS and self._remote_started:
-                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, f"{_name(msg_id)} after other messages")
-            if length != fixed:
-                raise RemoteProtocolError(
-                    Violation.WRONG_MESSAGE_LENGTH, f"{_name(msg_id)} of length {length}, not {fixed}"
-                )
-        elif msg_id == _PIECE:
-            if length < 9:
-                raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, f"piece of length {length}")
-            if length - 9 > self.max_block:
-                raise RemoteProtocolError(
-                    Violation.MESSAGE_TOO_LONG, f"a block of {length - 9} bytes, the limit is {self.max_block}"
-                )
-        elif msg_id == _BITFIELD:
-            if self._remote_started:
-                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, "bitfield after other messages")
-            if length != 1 + self._bitfield_length:
-                raise RemoteProtocolError(
-                    Violation.BITFIELD_WRONG_LENGTH,
-                    f"{length - 1} bytes for {self.num_pieces} pieces, not {self._bitfield_length}",
-                )
-        elif msg_id == _EXTENDED and self.extension_protocol_enabled:
-            if length < 2:
-                raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, "extended message without an extended id")
-        elif msg_id in FAST_IDS:
-            raise RemoteProtocolError(Violation.FAST_NOT_NEGOTIATED, f"{_name(msg_id)} message")
-        elif msg_id == _EXTENDED:
-            raise RemoteProtocolError(Violation.EXTENSION_PROTOCOL_NOT_NEGOTIATED, "extended message")
-        else:
-            raise RemoteProtocolError(Violation.UNKNOWN_MESSAGE_ID, f"message id {msg_id}")
+        return headers
 
     def _read_message(self, length: int) -> Message:
         buf = self._buffer
@@ -380,7 +330,12 @@ class PeerConnection:
         if msg_id == _PIECE:
             self._remote_started = True
             index, begin = _PIECE_HEAD.unpack(buf.take(9))
-            return self._on_piece(index, begin, buf.take(length - 9))
+            block = buf.take(length - 9)
+            if not self._requests.answer((index, begin, length - 9)):
+                raise RemoteProtocolError(
+                    Violation.PIECE_NOT_REQUESTED, f"piece {index} offset {begin} length {length - 9}"
+                )
+            return Piece(index, begin, block)
         if msg_id == _EXTENDED:
             ext_id = buf.take(2)[1]
             return self._on_extended(ext_id, buf.take(length - 2))
@@ -388,99 +343,17 @@ class PeerConnection:
             self._remote_started = True
         return _READERS[msg_id](self, buf.take(length))
 
-    def _on_choke(self) -> Choke:
-        self.peer_choking = True
-        if not self.fast_enabled:
-            # BEP 3: a choke drops our requests, but pieces already on the
-            # way may still arrive; BEP 6 instead answers each one.
-            for key, count in self._requested.items():
-                self._tolerate(key, count)
-            self._requested.clear()
-        return _CHOKE
-
-    def _on_piece(self, index: int, begin: int, block: bytes) -> Piece:
-        key = (index, begin, len(block))
-        if not self._answer(key):
-            raise RemoteProtocolError(
-                Violation.PIECE_NOT_REQUESTED, f"piece {index} offset {begin} length {len(block)}"
-            )
-        return Piece(index, begin, block)
-
-    def _on_reject(self, key: _BlockKey) -> Reject:
-        if not self._answer(key):
-            index, begin, length = key
-            raise RemoteProtocolError(
-                Violation.REJECT_NOT_REQUESTED, f"reject of piece {index} offset {begin} length {length}"
-            )
-        return Reject(*key)
-
     def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended:
         if ext_id == EXTENSION_HANDSHAKE_ID:
             handshake = decode_extension_handshake(payload)
-            # BEP 10: a later handshake changes only the names it lists; 0 disables.
-            for name, remote_id in handshake.m.items():
-                if remote_id:
-                    self._remote_extensions[name] = remote_id
-                else:
-                    self._remote_extensions.pop(name, None)
+            self._extensions.update_remote(handshake)
             return handshake
-        # Ids we advertised once stay accepted: an extension message may
-        # cross the handshake that disabled it.
-        if ext_id not in self._advertised_ids:
-            raise RemoteProtocolError(Violation.EXTENDED_ID_NOT_ADVERTISED, f"extended message id {ext_id}")
+        self._extensions.check_incoming(ext_id)
         return Extended(ext_id, payload)
-
-    # -- shared checks ------------------------------------------------------
-
-    def _tolerate(self, key: _BlockKey, times: int) -> None:
-        self._tolerated[key] = self._tolerated.pop(key, 0) + times
-        if len(self._tolerated) > _MAX_TOLERATED:
-            del self._tolerated[next(iter(self._tolerated))]
-
-    def _answer(self, key: _BlockKey) -> bool:
-        """Count a piece or reject against our requests; False if none expected it."""
-        for expected in (self._requested, self._tolerated):
-            count = expected.get(key)
-            if count is not None:
-                if count == 1:
-                    del expected[key]
-                else:
-                    expected[key] = count - 1
-                return True
-        return False
-
-    def _check_index(self, index: int) -> None:
-        if not 0 <= index < self.num_pieces:
-            raise RemoteProtocolError(Violation.INDEX_OUT_OF_RANGE, f"piece {index} of {self.num_pieces}")
-
-    def _check_bitfield(self, bits: bytes) -> None:
-        if len(bits) != self._bitfield_length:
-            raise RemoteProtocolError(
-                Violation.BITFIELD_WRONG_LENGTH,
-                f"{len(bits)} bytes for {self.num_pieces} pieces, not {self._bitfield_length}",
-            )
-        spare = self._bitfield_length * 8 - self.num_pieces
-        if spare and bits[-1] & ((1 << spare) - 1):
-            raise RemoteProtocolError(Violation.BITFIELD_SPARE_BITS, f"last byte {bits[-1]:#04x}")
-
-    def _check_block(self, index: int, begin: int, length: int) -> _BlockKey:
-        self._check_index(index)
-        if not 0 < length <= self.max_block:
-            raise RemoteProtocolError(Violation.BAD_BLOCK_LENGTH, f"{length} bytes, the limit is {self.max_block}")
-        if begin < 0 or begin + length > self.piece_size(index):
-            raise RemoteProtocolError(
-                Violation.BLOCK_OUT_OF_RANGE,
-                f"bytes {begin}..{begin + length} of piece {index}, which has {self.piece_size(index)}",
-            )
-        return index, begin, length
-
-
-def _name(msg_id: int) -> str:
-    return MessageId(msg_id).name.lower().replace("_", " ")
 
 
 # Decoders of the messages other than piece and extended, by id: each takes
-# the whole body (id byte first) once its header has passed _check_header.
+# the whole body (id byte first) once its header has passed HeaderRules.check.
 _Reader = Callable[[PeerConnection, bytes], Message]
 
 
@@ -495,7 +368,7 @@ def _flag(event: Message, attr: str, value: bool) -> _Reader:
 def _indexed(kind: Callable[[int], Message]) -> _Reader:
     def read(conn: PeerConnection, body: bytes) -> Message:
         (index,) = _INDEX_BODY.unpack(body)
-        conn._check_index(index)
+        conn._bounds.check_index(index)
         return kind(index)
 
     return read
@@ -503,19 +376,37 @@ def _indexed(kind: Callable[[int], Message]) -> _Reader:
 
 def _block(kind: Callable[[int, int, int], Message]) -> _Reader:
     def read(conn: PeerConnection, body: bytes) -> Message:
-        return kind(*conn._check_block(*_BLOCK_BODY.unpack(body)))
+        return kind(*conn._bounds.check_block(*_BLOCK_BODY.unpack(body)))
 
     return read
 
 
 def _bitfield(conn: PeerConnection, body: bytes) -> Message:
     bits = body[1:]
-    conn._check_bitfield(bits)
+    conn._bounds.check_bitfield(bits)
     return Bitfield(bits)
 
 
+def _choke(conn: PeerConnection, _: bytes) -> Message:
+    conn.peer_choking = True
+    if not conn.fast_enabled:
+        # BEP 3: a choke drops our requests, but pieces already on the
+        # way may still arrive; BEP 6 instead answers each one.
+        conn._requests.drop_all()
+    return _CHOKE
+
+
+def _reject(conn: PeerConnection, body: bytes) -> Message:
+    index, begin, length = key = conn._bounds.check_block(*_BLOCK_BODY.unpack(body))
+    if not conn._requests.answer(key):
+        raise RemoteProtocolError(
+            Violation.REJECT_NOT_REQUESTED, f"reject of piece {index} offset {begin} length {length}"
+        )
+    return Reject(index, begin, length)
+
+
 _READERS: dict[int, _Reader] = {
-    MessageId.CHOKE: lambda conn, _: conn._on_choke(),
+    MessageId.CHOKE: _choke,
     MessageId.UNCHOKE: _flag(_UNCHOKE, "peer_choking", False),
     MessageId.INTERESTED: _flag(_INTERESTED, "peer_interested", True),
     MessageId.NOT_INTERESTED: _flag(_NOT_INTERESTED, "peer_interested", False),
@@ -527,6 +418,6 @@ _READERS: dict[int, _Reader] = {
     MessageId.SUGGEST: _indexed(Suggest),
     MessageId.HAVE_ALL: lambda conn, _: _HAVE_ALL,
     MessageId.HAVE_NONE: lambda conn, _: _HAVE_NONE,
-    MessageId.REJECT: lambda conn, body: conn._on_reject(conn._check_block(*_BLOCK_BODY.unpack(body))),
+    MessageId.REJECT: _reject,
     MessageId.ALLOWED_FAST: _indexed(AllowedFast),
 }

@@ -1,0 +1,134 @@
+"""What is in range on one connection: piece indices, blocks, bitfields, message headers.
+
+:class:`Bounds` holds the torrent's shape as the wire sees it and checks
+indices, blocks and bitfields against it.  Both directions share these
+checks: they raise :class:`RemoteProtocolError`, which
+:meth:`PeerConnection.send <pyowtorrent.wire.PeerConnection.send>` turns into
+a :class:`LocalProtocolError` for what we send.  :class:`HeaderRules` checks
+the length prefix and id byte of each received message against what the two
+handshakes negotiated.
+"""
+
+from __future__ import annotations
+
+from .bitfield import bitfield_length
+from .errors import RemoteProtocolError, Violation
+from .messages import FAST_IDS, FIXED_LENGTH, MessageId
+
+__all__ = ["BlockKey", "Bounds", "HeaderRules"]
+
+BlockKey = tuple[int, int, int]  # index, begin, length
+
+# Plain ints on the hot path: comparing with an IntEnum member costs an attribute lookup.
+_PIECE, _BITFIELD, _EXTENDED = (int(m) for m in (MessageId.PIECE, MessageId.BITFIELD, MessageId.EXTENDED))
+_FIRST_IDS = frozenset(int(i) for i in (MessageId.BITFIELD, MessageId.HAVE_ALL, MessageId.HAVE_NONE))
+
+
+class Bounds:
+    """The pieces of one torrent and the largest block either side may ask for.
+
+    The arguments are trusted: :class:`~pyowtorrent.wire.PeerConnection`
+    checks them before it builds one.
+    """
+
+    __slots__ = ("num_pieces", "piece_length", "max_block", "bitfield_length", "_last_piece_length")
+
+    def __init__(self, num_pieces: int, piece_length: int, total_length: int, max_block: int) -> None:
+        self.num_pieces = num_pieces
+        self.piece_length = piece_length
+        self.max_block = max_block
+        self.bitfield_length = bitfield_length(num_pieces)
+        self._last_piece_length = total_length - piece_length * (num_pieces - 1) if num_pieces else 0
+
+    def piece_size(self, index: int) -> int:
+        return self._last_piece_length if index == self.num_pieces - 1 else self.piece_length
+
+    def check_index(self, index: int) -> None:
+        if not 0 <= index < self.num_pieces:
+            raise RemoteProtocolError(Violation.INDEX_OUT_OF_RANGE, f"piece {index} of {self.num_pieces}")
+
+    def check_bitfield(self, bits: bytes) -> None:
+        if len(bits) != self.bitfield_length:
+            raise RemoteProtocolError(
+                Violation.BITFIELD_WRONG_LENGTH,
+                f"{len(bits)} bytes for {self.num_pieces} pieces, not {self.bitfield_length}",
+            )
+        spare = self.bitfield_length * 8 - self.num_pieces
+        if spare and bits[-1] & ((1 << spare) - 1):
+            raise RemoteProtocolError(Violation.BITFIELD_SPARE_BITS, f"last byte {bits[-1]:#04x}")
+
+    def check_block(self, index: int, begin: int, length: int) -> BlockKey:
+        self.check_index(index)
+        if not 0 < length <= self.max_block:
+            raise RemoteProtocolError(Violation.BAD_BLOCK_LENGTH, f"{length} bytes, the limit is {self.max_block}")
+        if begin < 0 or begin + length > self.piece_size(index):
+            raise RemoteProtocolError(
+                Violation.BLOCK_OUT_OF_RANGE,
+                f"bytes {begin}..{begin + length} of piece {index}, which has {self.piece_size(index)}",
+            )
+        return index, begin, length
+
+
+class HeaderRules:
+    """Which message headers the remote may send, fixed once both handshakes are known.
+
+    A header is checked as soon as its length prefix and id byte arrive, so
+    a bad one is refused without buffering up to the length it announces.
+    """
+
+    __slots__ = ("max_length", "_fixed_lengths", "_extended", "_max_block", "_num_pieces", "_bitfield_length")
+
+    def __init__(self, bounds: Bounds, *, fast: bool, extension_protocol: bool, max_extension_message: int) -> None:
+        # The longest message legal at all: a piece with the largest block,
+        # a full bitfield, a request, or (BEP 10) an extension message.
+        self.max_length = max(13, 9 + bounds.max_block, 1 + bounds.bitfield_length)
+        if extension_protocol:
+            self.max_length = max(self.max_length, max_extension_message)
+        # The fixed-size messages legal on this connection, and their lengths.
+        self._fixed_lengths = {
+            msg_id: size for msg_id, size in FIXED_LENGTH.items() if fast or msg_id not in FAST_IDS
+        }
+        self._extended = extension_protocol
+        # Copied out of the bounds: one attribute lookup each on the hot path.
+        self._max_block = bounds.max_block
+        self._num_pieces = bounds.num_pieces
+        self._bitfield_length = bounds.bitfield_length
+
+    def check(self, msg_id: int, length: int, started: bool) -> None:
+        """Refuse message ``msg_id`` of ``length`` bytes (id included); ``started``: one came before."""
+        fixed = self._fixed_lengths.get(msg_id)
+        if fixed is not None:
+            if msg_id in _FIRST_IDS and started:
+                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, f"{_name(msg_id)} after other messages")
+            if length != fixed:
+                raise RemoteProtocolError(
+                    Violation.WRONG_MESSAGE_LENGTH, f"{_name(msg_id)} of length {length}, not {fixed}"
+                )
+        elif msg_id == _PIECE:
+            if length < 9:
+                raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, f"piece of length {length}")
+            if length - 9 > self._max_block:
+                raise RemoteProtocolError(
+                    Violation.MESSAGE_TOO_LONG, f"a block of {length - 9} bytes, the limit is {self._max_block}"
+                )
+        elif msg_id == _BITFIELD:
+            if started:
+                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, "bitfield after other messages")
+            if length != 1 + self._bitfield_length:
+                raise RemoteProtocolError(
+                    Violation.BITFIELD_WRONG_LENGTH,
+                    f"{length - 1} bytes for {self._num_pieces} pieces, not {self._bitfield_length}",
+                )
+        elif msg_id == _EXTENDED and self._extended:
+            if length < 2:
+                raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, "extended message without an extended id")
+        elif msg_id in FAST_IDS:
+            raise RemoteProtocolError(Violation.FAST_NOT_NEGOTIATED, f"{_name(msg_id)} message")
+        elif msg_id == _EXTENDED:
+            raise RemoteProtocolError(Violation.EXTENSION_PROTOCOL_NOT_NEGOTIATED, "extended message")
+        else:
+            raise RemoteProtocolError(Violation.UNKNOWN_MESSAGE_ID, f"message id {msg_id}")
+
+
+def _name(msg_id: int) -> str:
+    return MessageId(msg_id).name.lower().replace("_", " ")
