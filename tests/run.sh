@@ -1,7 +1,9 @@
 #!/bin/sh
-# Install what the test suite needs on a fresh machine, then run it.
+# Install what the test suite needs on a fresh machine, then check and run it.
 #   - Debian's opentracker: a real tracker for the tracker tests (apt-get, when missing);
-#   - the package with its 'test' extra: pytest, hypothesis, the libtorrent wheel.
+#   - the package with its 'test' extra: pytest, xdist, hypothesis, the libtorrent wheel,
+#     import-linter and mypy;
+#   - then: imports go downward only (lint-imports), types check (mypy), the tests.
 set -eu
 cd "$(dirname "$0")/.."
 if ! command -v opentracker >/dev/null 2>&1; then
@@ -11,4 +13,6 @@ if ! command -v opentracker >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opentracker
 fi
 python -m pip install -q '.[test]'
-exec python -m pytest "$@"
+lint-imports --no-cache
+python -m mypy
+exec python -m pytest -n 2 "$@"
