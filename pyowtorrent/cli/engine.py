@@ -15,7 +15,16 @@ import sys
 import time
 from typing import Any
 
-from ..engine.events import Completed, PeerBanned, PieceFailed, StateChanged, TorrentEvent, TorrentFailed, TorrentState
+from ..engine.events import (
+    Completed,
+    PeerBanned,
+    PieceFailed,
+    StateChanged,
+    TorrentEvent,
+    TorrentFailed,
+    TorrentState,
+    TorrentStatus,
+)
 from ..errors import PyowtorrentError
 from ..metainfo.torrent_file import load_metainfo
 
@@ -207,7 +216,7 @@ class _Reporter:
             return
         print(json.dumps(doc), flush=True)
 
-    def status(self, st: Any) -> None:
+    def status(self, st: TorrentStatus) -> None:
         if self.as_json:
             print(
                 json.dumps(

@@ -165,5 +165,5 @@ class PeerSet:
     def close(self, peer: Peer, reason: str) -> None:
         self._runs.spawn(peer.close(reason), f"close {peer.address}")
 
-    async def wait_closed(self, timeout: float | None = None) -> None:
-        await self._runs.wait(timeout)
+    async def wait_closed(self) -> None:
+        await self._runs.wait()

@@ -146,6 +146,7 @@ class Supervisor:
         for t in list(self.tasks):
             t.cancel()
 
-    async def wait(self, timeout: float | None = None) -> None:
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=timeout)
+    async def wait(self) -> None:
+        """Until every task has ended (bound it with the engine clock's ``timeout``)."""
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))

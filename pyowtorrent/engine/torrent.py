@@ -45,6 +45,8 @@ __all__ = ["Torrent"]
 KEEPALIVE_INTERVAL = 90.0
 IDLE_TIMEOUT = 180.0
 RESUME_SAVE_INTERVAL = 30.0
+# How long a stop waits for its peers' connections to close.
+CLOSE_TIMEOUT = 5.0
 TICK = 1.0
 TRADING = (TorrentState.DOWNLOADING, TorrentState.SEEDING)
 
@@ -246,7 +248,11 @@ class Torrent:
             await self.announcer.stop()
         self.swarm.connections.stop("shutting down")
         await self.assembler.drain()  # pieces being written are kept
-        await self.swarm.connections.wait_closed(timeout=5)
+        try:
+            async with self.clock.timeout(CLOSE_TIMEOUT):
+                await self.swarm.connections.wait_closed()
+        except TimeoutError:
+            log.warning("%s: peers still closing after %g s", self.meta.name, CLOSE_TIMEOUT)
         self._save_resume()
         self.storage.close()
         if self.state is not TorrentState.ERROR:
