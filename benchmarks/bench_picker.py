@@ -119,14 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(Row("peer_bitfield", *timed(bitfields_bulk)))
     # the bulk path leaves the arrays unsorted until the next pick; time that sort on its own
     def resort() -> int:
-        picker._clean()  # what the first pick() would do
+        picker._availability.clean()  # what the first pick() would do
         return 1
 
     rows.append(Row("re-sort after bitfields", *timed(resort)))
 
     inc_peers = bitfields[: args.incremental_peers]
     other = PiecePicker(n, piece_length, total, seed=args.seed)
-    other._bulk_min = n + 1  # force the piece-by-piece path
+    other._availability.bulk_min = n + 1  # force the piece-by-piece path
 
     def bitfields_incremental() -> int:
         for bits in inc_peers:

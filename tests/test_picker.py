@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pyowtorrent.metainfo.layout import BLOCK_SIZE as BLOCK
+from pyowtorrent.strategy.availability import Availability
 from pyowtorrent.strategy.picker import MAX_PRIORITY, Block, PiecePicker
 
 
@@ -63,6 +64,20 @@ def test_ties_are_broken_the_same_way_under_one_seed_and_differently_under_anoth
         assert all(i % 2 == 0 for i in order(seed)[:32])
 
 
+def test_a_seed_gives_the_same_picks_from_one_version_to_the_next() -> None:
+    # recorded before availability moved out of PiecePicker; a change here changes every seeded run
+    picker = PiecePicker(24, 2 * BLOCK, 48 * BLOCK, seed=7)
+    set_availability(picker, [i % 3 for i in range(24)])
+    picker.peer_bitfield([i % 2 for i in range(24)])
+    first = [(b.index, b.begin // BLOCK) for b in picker.pick("a", ALL, 9)]
+    assert first == [(12, 0), (12, 1), (18, 0), (18, 1), (0, 0), (0, 1), (6, 0), (6, 1), (21, 0)]
+    picker.on_request_failed("a", Block(12, 0, BLOCK))
+    picker.on_peer_gone("a")  # every piece goes back to a random place in its bucket
+    second = [(b.index, b.begin // BLOCK) for b in picker.pick("b", lambda i: i < 20, 12)]
+    assert second == [(6, 0), (6, 1), (0, 0), (0, 1), (12, 0), (12, 1), (18, 0), (18, 1), (15, 0), (15, 1), (9, 0), (9, 1)]
+    picker._check_invariants()
+
+
 def test_pick_only_offers_pieces_the_peer_has() -> None:
     picker = one_block_pieces(10)
     set_availability(picker, [1] * 10)
@@ -92,7 +107,7 @@ def test_availability_counts_have_bitfield_have_all_and_lost() -> None:
 def test_losing_pieces_no_peer_had_is_refused_and_changes_nothing() -> None:
     for bulk_min in (0, 10**9):
         picker = one_block_pieces(4)
-        picker._bulk_min = bulk_min
+        picker._availability.bulk_min = bulk_min
         picker.peer_bitfield(b"\x01\x01\x00\x00")
         with pytest.raises(ValueError):
             picker.peer_lost(b"\x01\x01\x01\x00")
@@ -110,6 +125,46 @@ def test_a_bitfield_of_the_wrong_length_is_refused() -> None:
         picker.peer_have(4)
 
 
+def test_availability_keeps_free_pieces_by_priority_then_rarity_or_index() -> None:
+    free = Availability(8, random.Random(0))
+    free.set_priorities([4, 4, 4, 4, 4, 4, 7, 0], list(range(8)))
+    for i, c in enumerate([3, 1, 2, 0, 1, 5, 2, 1]):
+        for _ in range(c):
+            free.add_have(i)
+    free.add_seed()
+    by_rarity = [level.order for level in free.levels]  # live arrays
+    assert by_rarity[7] == [6] and 7 not in by_rarity[4] + by_rarity[0]
+    assert [free.count(i) for i in by_rarity[4]] == [1, 2, 2, 3, 4, 6]
+    free.discard(3)  # started: out of the arrays, still counted
+    assert 3 not in by_rarity[4] and free.count(3) == 1
+    assert list(free.by_index(4)) == [0, 1, 2, 4, 5]
+    free.put_back(3)
+    assert by_rarity[4][0] == 3 and list(free.by_index(4)) == [0, 1, 2, 3, 4, 5]
+    free.put_back(7)  # priority 0: never free
+    assert not by_rarity[0]
+    free.check_invariants(lambda i: True)
+    with pytest.raises(IndexError):
+        free.add_have(8)
+
+
+def test_the_invariant_check_covers_the_buckets_and_the_started_pieces() -> None:
+    picker = PiecePicker(4, 2 * BLOCK, 8 * BLOCK, seed=0)
+    set_availability(picker, [2, 1, 0, 1])
+    picker.pick("a", ALL, 1)
+    picker._check_invariants()
+    counts = picker._availability
+    free = counts.levels[4].order
+    counts._avail[free[0]] += 1  # a count that disagrees with the piece's bucket
+    with pytest.raises(AssertionError):
+        picker._check_invariants()
+    counts._avail[free[0]] -= 1
+    picker._check_invariants()
+    (piece,) = picker._partial.values()
+    piece.unrequested += 1  # a block counted as free that is not
+    with pytest.raises(AssertionError):
+        picker._check_invariants()
+
+
 class AvailabilityModel(RuleBasedStateMachine):
     """Random have / bitfield / have-all / lost / picks, cross-checked with a plain count per piece."""
 
@@ -121,7 +176,7 @@ class AvailabilityModel(RuleBasedStateMachine):
     def start(self, n: int, seed: int, bulk_min: int) -> None:
         self.n = n
         self.picker = PiecePicker(n, 2 * BLOCK, 2 * BLOCK * n - 5, seed=seed)
-        self.picker._bulk_min = bulk_min
+        self.picker._availability.bulk_min = bulk_min
         self.peers: dict[int, bytearray | None] = {}  # None: a seed
         self.next_peer = 0
 

@@ -5,34 +5,27 @@ Sans-IO: no sockets, no clock, no threads. The torrent driver feeds it events
 that failed) and asks it for requests; every random choice comes from one
 ``random.Random(seed)``, so a run is reproducible under a seed.
 
-Availability uses libtorrent's bucketed layout. The pieces we still want and
-have not started sit in one array per priority level, sorted by availability;
-``bounds[a]`` is where the bucket of pieces seen by ``a`` peers starts. A peer's
-``have`` swaps the piece with the last piece of its bucket and moves the
-bucket's upper boundary down by one, so it is O(1) and the array stays sorted.
-Picking rarest-first is then a scan from the front. Ties are broken by a
-random initial order within buckets (which the swaps keep stirring).
-
-Seeds (BEP 6 have-all, or a full bitfield the caller chooses to report as a
-seed) are one counter: they have every piece, so they add the same amount to
-every piece and cannot change the order.
+Which piece to start next comes from :class:`~.availability.Availability`:
+libtorrent's availability-ordered buckets, explained there, which also hold the
+piece priorities. This module keeps everything from the moment a piece is
+started, and our own pieces.
 
 Pieces are downloaded in 16 KiB blocks. A piece leaves the availability array
 when its first block is requested and becomes a *partial* piece with a state
 per block (free / requested / received); it goes back only if every request
-for it fails before anything arrived, or its hash fails.
+for it fails before anything arrived, or its hash fails. In end-game (no free
+piece left, every missing block requested) a block may be requested from a
+second peer; the first copy to arrive names the others to cancel.
 """
 
 from __future__ import annotations
 
-import bisect
-import operator
 import random
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import compress
 
 from ..metainfo.layout import BLOCK_SIZE
+from .availability import DEFAULT_PRIORITY, MAX_PRIORITY, Availability, Bits, index_error
 
 __all__ = [
     "DEFAULT_PRIORITY",
@@ -43,20 +36,10 @@ __all__ = [
     "PiecePicker",
 ]
 
-DEFAULT_PRIORITY = 4  # libtorrent's default, so a caller can go up or down
-MAX_PRIORITY = 7
-
-Bits = Sequence[int]
-"""One item per piece, 1/True if the peer has it: ``bytes`` of 0/1, ``list[bool]``, ..."""
 PeerHas = Callable[[int], object] | Bits
 
 _FREE, _REQUESTED, _RECEIVED = 0, 1, 2
 
-# Below this many set bits a bitfield is applied piece by piece; above it the
-# counters are added in one C-level pass and the arrays are re-sorted lazily at
-# the next pick (libtorrent's "dirty" picker): many peers connecting at once
-# then cost one sort instead of millions of swaps.
-_BULK_MIN = 64
 
 @dataclass(frozen=True, slots=True)
 class Block:
@@ -68,25 +51,59 @@ class Block:
 class _Piece:
     """A started piece: per-block state and who has each requested block."""
 
-    __slots__ = ("index", "state", "requesters", "unrequested", "received", "peers")
+    __slots__ = ("index", "size", "state", "requesters", "unrequested", "received", "peers")
 
-    def __init__(self, index: int, nblocks: int) -> None:
+    def __init__(self, index: int, size: int) -> None:
+        nblocks = -(-size // BLOCK_SIZE)
         self.index = index
+        self.size = size
         self.state = bytearray(nblocks)  # _FREE / _REQUESTED / _RECEIVED
         self.requesters: dict[int, list[Hashable]] = {}  # only blocks in _REQUESTED
         self.unrequested = nblocks
         self.received = 0
         self.peers: set[Hashable] = set()  # peers handed a block of it: they finish it first
 
+    def request(self, peer: Hashable, n: int, mine: set[tuple[int, int]], out: list[Block]) -> None:
+        """Hand up to ``n`` free blocks to ``peer``: into ``out``, and ``mine`` (its requests)."""
+        state, index, requesters, size = self.state, self.index, self.requesters, self.size
+        taken = 0
+        bno = state.find(_FREE)
+        while bno >= 0 and taken < n:
+            state[bno] = _REQUESTED
+            requesters[bno] = [peer]
+            mine.add((index, bno))
+            begin = bno * BLOCK_SIZE
+            out.append(Block(index, begin, BLOCK_SIZE if begin + BLOCK_SIZE <= size else size - begin))
+            taken += 1
+            bno = state.find(_FREE, bno + 1)
+        if taken:
+            self.peers.add(peer)
+            self.unrequested -= taken
 
-class _Level:
-    """Free pieces of one priority; bucket ``a`` is ``order[bounds[a]:bounds[a+1]]``."""
+    def release(self, peer: Hashable, bno: int) -> bool:
+        """``peer``'s request for block ``bno`` is gone; True if no other peer has it out."""
+        reqs = self.requesters[bno]
+        reqs.remove(peer)
+        if reqs:
+            return False
+        del self.requesters[bno]
+        self.state[bno] = _FREE
+        self.unrequested += 1
+        return True
 
-    __slots__ = ("order", "bounds")
+    def block(self, bno: int) -> Block:
+        begin = bno * BLOCK_SIZE
+        return Block(self.index, begin, min(BLOCK_SIZE, self.size - begin))
 
-    def __init__(self) -> None:
-        self.order: list[int] = []
-        self.bounds: list[int] = [0]  # bounds[-1] == len(order)
+    def check_invariants(self) -> set[tuple[Hashable, int, int]]:
+        """Assert the block states and counters agree; return the requests out, as (peer, piece, block)."""
+        st = self.state
+        assert self.unrequested == st.count(_FREE) and self.received == st.count(_RECEIVED)
+        assert set(self.requesters) == {b for b, s in enumerate(st) if s == _REQUESTED}
+        assert self.received or self.requesters, self.index
+        for bno, reqs in self.requesters.items():
+            assert reqs and len(set(reqs)) == len(reqs), (self.index, bno, reqs)
+        return {(q, self.index, bno) for bno, reqs in self.requesters.items() for q in reqs}
 
 
 class PiecePicker:
@@ -110,23 +127,15 @@ class PiecePicker:
         self.piece_length = piece_length
         self.total_length = total_length
         self._last_length = total_length - piece_length * (num_pieces - 1) if num_pieces else 0
-        self._rng = random.Random(seed)
-        self._bulk_min = _BULK_MIN
+        # the only random choice (where a piece lands in its bucket) is made there, with this RNG
+        self._availability = Availability(num_pieces, random.Random(seed))
         self._have = bytearray(num_pieces)
         self._num_have = 0
-        self._prio = bytearray([DEFAULT_PRIORITY]) * num_pieces
         self._wanted_missing = num_pieces  # pieces with priority > 0 that we lack
-        self._avail = [0] * num_pieces  # peers with the piece, seeds excluded
-        self._seeds = 0
-        self._dirty = False  # _avail changed in bulk: levels not sorted until _clean()
-        self._pos = [-1] * num_pieces  # position in its level's order, -1 if not free
-        self._levels = [_Level() for _ in range(MAX_PRIORITY + 1)]
         self._partial: dict[int, _Piece] = {}
         self._open: dict[int, None] = {}  # partial pieces with unrequested blocks, oldest first
         self._outstanding: dict[Hashable, set[tuple[int, int]]] = {}  # peer -> {(piece, block)}
         self._sequential = False
-        self._seq_cursor = 0  # no free piece below this index
-        self._rebuild_levels(list(range(num_pieces)))
 
     # -- our own pieces -------------------------------------------------
 
@@ -137,15 +146,14 @@ class PiecePicker:
             return
         self._have[index] = 1
         self._num_have += 1
-        if self._prio[index]:
+        if self._availability.priority[index]:
             self._wanted_missing -= 1
         piece = self._partial.pop(index, None)
         if piece is not None:
             self._open.pop(index, None)
             self._forget_requests(piece)
-        elif self._pos[index] >= 0:
-            self._clean()
-            self._remove(index)
+        else:
+            self._availability.discard(index)
 
     def has(self, index: int) -> bool:
         self._check_index(index)
@@ -161,11 +169,7 @@ class PiecePicker:
 
     def peer_have(self, index: int) -> None:
         """A peer announced ``index``: O(1)."""
-        self._check_index(index)
-        if self._dirty or self._pos[index] < 0:
-            self._avail[index] += 1
-        else:
-            self._inc(index)
+        self._availability.add_have(index)
 
     def peer_bitfield(self, have: Bits) -> None:
         """A peer's pieces, one 0/1 item per piece (see :func:`~pyowtorrent.wire.bitfield.bitfield_flags`).
@@ -173,24 +177,22 @@ class PiecePicker:
         A peer whose bitfield is full is better reported with
         :meth:`peer_have_all`: it then costs nothing here.
         """
-        self._apply(have, operator.add)
+        self._availability.add_peer(have)
 
     def peer_have_all(self) -> None:
         """A seed (BEP 6 have-all): counted once, not per piece."""
-        self._seeds += 1
+        self._availability.add_seed()
 
     def peer_lost(self, have: Bits | None, is_seed: bool = False) -> None:
         """Forget a peer's pieces; ``have`` is everything it had (ignored for a seed)."""
         if is_seed:
-            if not self._seeds:
-                raise ValueError("peer_lost(is_seed=True) with no seed connected")
-            self._seeds -= 1
+            self._availability.remove_seed()
         elif have is not None:
-            self._apply(have, operator.sub)
+            self._availability.remove_peer(have)
 
     def availability(self, index: int) -> int:
         self._check_index(index)
-        return self._avail[index] + self._seeds
+        return self._availability.count(index)
 
     # -- policy -------------------------------------------------------------
 
@@ -200,20 +202,13 @@ class PiecePicker:
         A piece shared by files of different priorities must get the highest
         of them; that mapping is the caller's.
         """
-        if len(priorities) != self.num_pieces:
-            raise ValueError(f"{len(priorities)} priorities for {self.num_pieces} pieces")
-        if priorities and not 0 <= min(priorities) <= max(priorities) <= MAX_PRIORITY:
-            raise ValueError(f"piece priorities must be in 0..{MAX_PRIORITY}")
-        self._prio = bytearray(priorities)
-        self._wanted_missing = sum(1 for p, h in zip(self._prio, self._have) if p and not h)
-        self._dirty = False
         free = [i for i in range(self.num_pieces) if not self._have[i] and i not in self._partial]
-        self._rebuild_levels(free)
+        self._availability.set_priorities(priorities, free)
+        self._wanted_missing = sum(1 for p, h in zip(self._availability.priority, self._have) if p and not h)
 
     def set_sequential(self, on: bool) -> None:
         """Lowest index first instead of rarest first (priorities still come first)."""
         self._sequential = on
-        self._seq_cursor = 0
 
     # -- requests -------------------------------------------------------------
 
@@ -227,7 +222,7 @@ class PiecePicker:
         if count <= 0:
             return []
         has: Callable[[int], object] = peer_has if callable(peer_has) else peer_has.__getitem__
-        self._clean()
+        self._availability.clean()
         out: list[Block] = []
         if self._open:
             self._pick_partial(peer, has, count, out)
@@ -251,7 +246,6 @@ class PiecePicker:
         index, bno = block.index, block.begin // BLOCK_SIZE
         piece = self._partial.get(index)
         if piece is None:  # unrequested but welcome: start the piece
-            self._clean()
             piece = self._start(index)
         requesters = piece.requesters.pop(bno, [])
         if piece.state[bno] == _FREE:
@@ -278,7 +272,7 @@ class PiecePicker:
             return False
         piece = self._partial.get(index)
         if piece is None:
-            return bool(self._prio[index])
+            return bool(self._availability.priority[index])
         return piece.state[begin // BLOCK_SIZE] != _RECEIVED
 
     def on_request_failed(self, peer: Hashable, block: Block) -> None:
@@ -314,38 +308,46 @@ class PiecePicker:
             return
         self._open.pop(index, None)
         self._forget_requests(piece)
-        if self._prio[index] and not self._have[index]:
-            self._clean()
-            self._insert(index)
+        if not self._have[index]:
+            self._availability.put_back(index)
 
     def in_endgame(self) -> bool:
         """Every wanted block we lack is requested or received (and some are missing)."""
-        if self._wanted_missing == 0 or any(level.order for level in self._levels):
+        if self._wanted_missing == 0 or self._availability.has_free():
             return False
-        return not any(self._prio[i] for i in self._open)
+        prio = self._availability.priority
+        return not any(prio[i] for i in self._open)
 
     # -- picking --------------------------------------------------------------
 
     def _pick_partial(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
-        prio = self._prio
+        prio = self._availability.priority
         cands = [i for i in self._open if prio[i] and has(i)]
+        if not cands:
+            return
         if self._sequential:
             cands.sort(key=lambda i: (-prio[i], i))
         else:  # stable: the oldest piece first among equals
             cands.sort(key=lambda i: (-prio[i], peer not in self._partial[i].peers))
+        mine = self._outstanding.setdefault(peer, set())
         for i in cands:
-            self._request_blocks(self._partial[i], peer, count - len(out), out)
+            piece = self._partial[i]
+            piece.request(peer, count - len(out), mine, out)
+            if not piece.unrequested:
+                self._open.pop(i, None)
             if len(out) >= count:
                 return
 
     def _pick_free(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
         need = count - len(out)
+        free = self._availability
+        levels = free.levels
         for prio in range(MAX_PRIORITY, 0, -1):
-            level = self._levels[prio]
-            if not level.order:
+            rarest = levels[prio].order
+            if not rarest:
                 continue
             chosen: list[int] = []
-            candidates: Iterable[int] = self._sequential_candidates(prio) if self._sequential else level.order
+            candidates: Iterable[int] = free.by_index(prio) if self._sequential else rarest
             for i in candidates:
                 if has(i):
                     chosen.append(i)
@@ -353,23 +355,21 @@ class PiecePicker:
                     if need <= 0:
                         break
             # started after the scan: starting a piece moves others in the array
-            for i in chosen:
-                self._request_blocks(self._start(i), peer, count - len(out), out)
+            if chosen:
+                mine = self._outstanding.setdefault(peer, set())
+                for i in chosen:
+                    piece = self._start(i)
+                    piece.request(peer, count - len(out), mine, out)
+                    if not piece.unrequested:
+                        self._open.pop(i, None)
             if need <= 0:
                 return
 
-    def _sequential_candidates(self, prio: int) -> Iterator[int]:
-        pos, prios, n = self._pos, self._prio, self.num_pieces
-        cur = self._seq_cursor
-        while cur < n and pos[cur] < 0:
-            cur += 1
-        self._seq_cursor = cur
-        return (i for i in range(cur, n) if pos[i] >= 0 and prios[i] == prio)
-
     def _pick_endgame(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
         cands: list[tuple[int, int, int]] = []
+        prio = self._availability.priority
         for index, piece in self._partial.items():
-            if not self._prio[index] or not has(index):
+            if not prio[index] or not has(index):
                 continue
             for bno, reqs in piece.requesters.items():
                 if peer not in reqs:
@@ -381,188 +381,35 @@ class PiecePicker:
             piece.requesters[bno].append(peer)
             piece.peers.add(peer)
             mine.add((index, bno))
-            out.append(self._block(index, bno))
-
-    def _request_blocks(self, piece: _Piece, peer: Hashable, n: int, out: list[Block]) -> None:
-        state, index, requesters = piece.state, piece.index, piece.requesters
-        size = self._piece_size(index)
-        mine = self._outstanding.setdefault(peer, set())
-        taken = 0
-        bno = state.find(_FREE)
-        while bno >= 0 and taken < n:
-            state[bno] = _REQUESTED
-            requesters[bno] = [peer]
-            mine.add((index, bno))
-            begin = bno * BLOCK_SIZE
-            out.append(Block(index, begin, BLOCK_SIZE if begin + BLOCK_SIZE <= size else size - begin))
-            taken += 1
-            bno = state.find(_FREE, bno + 1)
-        if taken:
-            piece.peers.add(peer)
-            piece.unrequested -= taken
-            if not piece.unrequested:
-                self._open.pop(index, None)
+            out.append(piece.block(bno))
 
     def _start(self, index: int) -> _Piece:
-        if self._pos[index] >= 0:
-            self._remove(index)
-        piece = self._partial[index] = _Piece(index, self._num_blocks(index))
+        self._availability.discard(index)
+        piece = self._partial[index] = _Piece(index, self._piece_size(index))
         self._open[index] = None
         return piece
 
     def _drop_request(self, peer: Hashable, index: int, bno: int) -> None:
         piece = self._partial[index]
-        reqs = piece.requesters[bno]
-        reqs.remove(peer)
-        if reqs:
+        if not piece.release(peer, bno):
             return
-        del piece.requesters[bno]
-        piece.state[bno] = _FREE
-        piece.unrequested += 1
         self._open[index] = None
         if not piece.received and not piece.requesters:
             # nothing of it is here or on the way: back to the rarity order
             del self._partial[index]
             del self._open[index]
-            if self._prio[index]:
-                self._clean()
-                self._insert(index)
+            self._availability.put_back(index)
 
     def _forget_requests(self, piece: _Piece) -> None:
         for bno, reqs in piece.requesters.items():
             for q in reqs:
                 self._outstanding[q].discard((piece.index, bno))
 
-    # -- the bucketed availability array ---------------------------------------
-
-    def _inc(self, i: int) -> None:
-        level = self._levels[self._prio[i]]
-        order, bounds, pos = level.order, level.bounds, self._pos
-        a = self._avail[i]
-        if len(bounds) == a + 2:  # i is in the top bucket: open an empty one above
-            bounds.append(bounds[-1])
-        last = bounds[a + 1] - 1
-        j = order[last]
-        order[last], order[pos[i]] = i, j
-        pos[j], pos[i] = pos[i], last
-        bounds[a + 1] = last
-        self._avail[i] = a + 1
-
-    def _dec(self, i: int) -> None:
-        level = self._levels[self._prio[i]]
-        order, bounds, pos = level.order, level.bounds, self._pos
-        a = self._avail[i]
-        first = bounds[a]
-        j = order[first]
-        order[first], order[pos[i]] = i, j
-        pos[j], pos[i] = pos[i], first
-        bounds[a] = first + 1
-        self._avail[i] = a - 1
-        while len(bounds) > 1 and bounds[-2] == bounds[-1]:
-            bounds.pop()
-
-    def _insert(self, i: int) -> None:
-        level = self._levels[self._prio[i]]
-        order, bounds, pos = level.order, level.bounds, self._pos
-        a = self._avail[i]
-        while len(bounds) < a + 2:
-            bounds.append(bounds[-1])
-        p = len(order)
-        order.append(i)
-        bounds[-1] += 1
-        # walk down: swap with the first of each bucket above a, shrinking it
-        for c in range(len(bounds) - 2, a, -1):
-            first = bounds[c]
-            j = order[first]
-            order[first], order[p] = i, j
-            pos[j] = p
-            p = first
-            bounds[c] = first + 1
-        # land at a random place in the bucket, not always at its end
-        r = self._rng.randint(bounds[a], p)
-        j = order[r]
-        order[r], order[p] = i, j
-        pos[j], pos[i] = p, r
-        self._seq_cursor = min(self._seq_cursor, i)
-
-    def _remove(self, i: int) -> None:
-        level = self._levels[self._prio[i]]
-        order, bounds, pos = level.order, level.bounds, self._pos
-        p = pos[i]
-        # walk up: swap with the last of each bucket from a, moving its boundary down
-        for c in range(self._avail[i] + 1, len(bounds)):
-            last = bounds[c] - 1
-            j = order[last]
-            order[last], order[p] = i, j
-            pos[j] = p
-            p = last
-            bounds[c] = last
-        order.pop()
-        pos[i] = -1
-        while len(bounds) > 1 and bounds[-2] == bounds[-1]:
-            bounds.pop()
-
-    def _apply(self, have: Bits, op: Callable[[int, int], int]) -> None:
-        n = self.num_pieces
-        if len(have) != n:
-            raise ValueError(f"bitfield of {len(have)} items for {n} pieces")
-        if self._dirty or sum(have) >= self._bulk_min:
-            avail = list(map(op, self._avail, have))
-            if avail and min(avail) < 0:
-                raise ValueError("peer_lost for pieces no peer had")
-            self._avail = avail
-            self._dirty = True
-            return
-        indices = list(compress(range(n), have))
-        if op is operator.add:
-            for i in indices:
-                self.peer_have(i)
-            return
-        if any(self._avail[i] == 0 for i in indices):
-            raise ValueError("peer_lost for pieces no peer had")
-        for i in indices:
-            if self._pos[i] < 0:
-                self._avail[i] -= 1
-            else:
-                self._dec(i)
-
-    def _clean(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            for level in self._levels:
-                self._sort_level(level)
-
-    def _rebuild_levels(self, free: list[int]) -> None:
-        """Refill the levels with ``free`` (wanted ones only) in a fresh random order."""
-        self._rng.shuffle(free)
-        for level in self._levels:
-            level.order = []
-        for i in self._partial:
-            self._pos[i] = -1
-        prio = self._prio
-        for i in free:
-            self._pos[i] = -1
-            if prio[i]:
-                self._levels[prio[i]].order.append(i)
-        for level in self._levels:
-            self._sort_level(level)
-        self._seq_cursor = 0
-
-    def _sort_level(self, level: _Level) -> None:
-        avail, pos = self._avail, self._pos
-        order = level.order
-        order.sort(key=avail.__getitem__)  # stable: ties keep their random order
-        for p, i in enumerate(order):
-            pos[i] = p
-        top = avail[order[-1]] if order else -1
-        level.bounds = [bisect.bisect_left(order, a, key=avail.__getitem__) for a in range(top + 1)]
-        level.bounds.append(len(order))
-
     # -- small helpers ----------------------------------------------------------
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.num_pieces:
-            raise IndexError(f"piece index {index} out of range 0..{self.num_pieces - 1}")
+            raise index_error(index, self.num_pieces)
 
     def _piece_size(self, index: int) -> int:
         return self._last_length if index == self.num_pieces - 1 else self.piece_length
@@ -570,43 +417,17 @@ class PiecePicker:
     def _num_blocks(self, index: int) -> int:
         return -(-self._piece_size(index) // BLOCK_SIZE)
 
-    def _block(self, index: int, bno: int) -> Block:
-        begin = bno * BLOCK_SIZE
-        return Block(index, begin, min(BLOCK_SIZE, self._piece_size(index) - begin))
-
     def _check_invariants(self) -> None:
         """Assert the internal structures agree with each other (for tests)."""
-        self._clean()
-        seen: set[int] = set()
-        for prio, level in enumerate(self._levels):
-            order, bounds = level.order, level.bounds
-            assert bounds[0] == 0 and bounds[-1] == len(order), (prio, bounds, len(order))
-            assert all(x <= y for x, y in zip(bounds, bounds[1:])), bounds
-            for a in range(len(bounds) - 1):
-                for p in range(bounds[a], bounds[a + 1]):
-                    assert self._avail[order[p]] == a, (prio, p, a)
-            for p, i in enumerate(order):
-                assert self._pos[i] == p and self._prio[i] == prio, (i, p, prio)
-                assert not self._have[i] and i not in self._partial, i
-                seen.add(i)
-        for i in range(self.num_pieces):
-            free = not self._have[i] and i not in self._partial and self._prio[i] > 0
-            assert (i in seen) == free, i
-            assert (self._pos[i] >= 0) == free, i
-            assert self._avail[i] >= 0
-        wanted_missing = sum(1 for i in range(self.num_pieces) if self._prio[i] and not self._have[i])
+        have, partial, prio = self._have, self._partial, self._availability.priority
+        self._availability.check_invariants(lambda i: not have[i] and i not in partial)
+        wanted_missing = sum(1 for i in range(self.num_pieces) if prio[i] and not have[i])
         assert self._wanted_missing == wanted_missing
         assert self._num_have == sum(self._have)
         requested: set[tuple[Hashable, int, int]] = set()
         for index, piece in self._partial.items():
-            assert not self._have[index]
-            st = piece.state
-            assert piece.unrequested == st.count(_FREE) and piece.received == st.count(_RECEIVED)
+            assert not have[index] and piece.index == index and piece.size == self._piece_size(index)
             assert (index in self._open) == (piece.unrequested > 0), index
-            assert set(piece.requesters) == {b for b, s in enumerate(st) if s == _REQUESTED}
-            assert piece.received or piece.requesters, index
-            for bno, reqs in piece.requesters.items():
-                assert reqs and len(set(reqs)) == len(reqs), (index, bno, reqs)
-                requested.update((q, index, bno) for q in reqs)
+            requested |= piece.check_invariants()
         assert set(self._open) <= set(self._partial)
         assert requested == {(q, i, b) for q, out in self._outstanding.items() for i, b in out}
