@@ -3,8 +3,9 @@
 This is a convenience for self-hosted, single-site distribution: a maintainer
 who seeds a dataset can run the tracker in the same process (or beside it)
 and put :meth:`Tracker.announce_url` in the ``.torrent``.  Its state lives in
-memory only and is bounded (peers per torrent, torrents, peers in all).  For
-production scale use a real tracker such as opentracker.
+memory only and is bounded (peers per torrent, torrents, peers in all), in a
+way that one host cannot fill for everybody else (below).  For production
+scale use a real tracker such as opentracker.
 
 ::
 
@@ -41,6 +42,33 @@ Rules it follows, and why:
   BEP 3, and ``paused`` (BEP 21, which libtorrent sends) as a regular announce.
   ``stopped`` removes the entry; ``completed`` counts a download once per entry.
 
+Limits against abuse, and why (issue 9).  A *host* here is an IPv4 address,
+or an IPv6 /64 (an IPv6 host has a whole /64 to pick addresses from):
+
+* **A few entries per host per torrent** (``max_peers_per_address``, 4):
+  several clients behind one NAT are legitimate, thousands of peer ids from
+  one host are not.  A new peer id from a host at its cap replaces that
+  host's own least recently announced entry, never another host's.
+* **A full torrent sheds a random entry** (``max_peers_per_torrent``), not
+  the oldest, so a flood of new entries cannot flush out the peers that were
+  there first; an answer's peers are a random sample (``rng``, seeded in
+  tests).
+* **A full table takes from the biggest holder.**  A host may be the only
+  one in at most ``max_torrents_per_address`` torrents (1000); past that its
+  new info-hashes are refused.  When the torrent table (``max_torrents``) is
+  full, a new torrent replaces a torrent nobody is in, else the oldest
+  torrent of the host that is alone in the most; when the peer table
+  (``max_peers``) is full, a new entry replaces the oldest entry of the host
+  holding the most.  Either only if that host would still hold more than the
+  newcomer: among honest hosts with a few each, a full table refuses.  An
+  allow-listed tracker makes no torrents from announces at all.
+* **Bounded work per request.**  Queries are at most 4 KiB (a failure
+  reason past it), request lines 64 KiB, header lines 8 KiB, 64 headers (a
+  400 past them, logged in one line, never a traceback); ``numwant`` is clamped;
+  an answer draws its peers without a pass over the torrent; a full scrape is
+  built at most every 30 seconds and served from that copy meanwhile; idle
+  connections close after 15 seconds.
+
 The swarms themselves (peers, expiry, bounds) are kept by
 :class:`~pyowtorrent.service.swarms.SwarmRegistry`, which knows nothing of
 HTTP; :class:`Tracker` parses requests, answers them and runs the server.
@@ -52,6 +80,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
@@ -59,6 +88,7 @@ from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..metainfo.bencoding import encode
 from .swarms import (
@@ -91,12 +121,45 @@ MAX_QUERY_LENGTH: Final = 4096
 # query with a failure reason; past it aiohttp's parser answers 400 (its own
 # default, 8190, would make a 5 KB query a 400 instead of a failure reason).
 _MAX_REQUEST_LINE: Final = 64 * 1024
+# A client sends a handful of short headers.  Set here rather than left to
+# aiohttp, whose defaults changed (older releases allowed 32 768 headers).
+_MAX_HEADER_LINE: Final = 8190
+_MAX_HEADERS: Final = 64
 
 # Clients announce every half hour: an idle keep-alive connection is only a
 # file descriptor held (aiohttp's default is an hour).
 _KEEPALIVE_TIMEOUT: Final = 15.0
 
 _MAX_COUNTER: Final = 2**63 - 1  # uploaded / downloaded / left, in bytes
+
+# A full scrape is a pass over every torrent and an answer of ~70 bytes each:
+# it is built at most this often (seconds, by the injected clock) and the same
+# bytes served meanwhile.  Nobody needs fresher statistics of every torrent.
+_FULL_SCRAPE_CACHE: Final = 30.0
+
+# aiohttp logs a request it cannot parse (a request line or header past its
+# limit, bytes not allowed in a URL, not HTTP at all) as an ERROR with a
+# traceback, on the logger we give it.  That is the client's fault, not ours:
+# one line at INFO at most (DEBUG stays DEBUG), naming the client and the rule.
+_http_log = logging.getLogger(f"{__name__}.http")
+
+
+class _MalformedRequests(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            what = " ".join(exc.message.split()) or type(exc).__name__
+            what = "".join(c if c.isprintable() else "?" for c in what[:120])
+            record.msg = "tracker refused a malformed HTTP request from %s: %s"
+            record.args = (remote, what)
+            record.exc_info = record.exc_text = None
+            if record.levelno > logging.INFO:
+                record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
+_http_log.addFilter(_MalformedRequests())
 
 # Event names on the wire -> what we do with them (None: a regular announce).
 _EVENTS: Final[dict[bytes, AnnounceEvent]] = {
@@ -150,12 +213,8 @@ def _info_hash(value: bytes) -> bytes:
     return value
 
 
-def _failure(reason: str) -> web.Response:
-    return _bencoded({"failure reason": reason})
-
-
-def _bencoded(value: dict[Any, Any]) -> web.Response:
-    return web.Response(body=encode(value), content_type="text/plain", headers={"Cache-Control": "no-cache"})
+def _response(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="text/plain", headers={"Cache-Control": "no-cache"})
 
 
 class Tracker:
@@ -165,11 +224,15 @@ class Tracker:
     for ``2 * interval`` is dropped.  ``allowed_info_hashes``: if given, only
     these torrents are tracked (:meth:`allow` / :meth:`disallow` change the
     list); if ``None`` the tracker is open to any info-hash, up to
-    ``max_torrents``.  ``numwant`` defaults to ``default_numwant`` and is
-    clamped to ``max_numwant``.  ``max_peers_per_torrent``: the oldest entry
-    is dropped for a new one past this; ``max_peers``: in all torrents, new
-    peers are refused past this.  ``clock``: seconds, for expiry (tests
-    inject a fake one).
+    ``max_torrents``, of which one host may be alone in at most
+    ``max_torrents_per_address``.  ``numwant`` defaults to
+    ``default_numwant`` and is clamped to ``max_numwant``.
+    ``max_peers_per_torrent``: a random entry is dropped for a new one past
+    this; ``max_peers_per_address``: entries of one host in one torrent, its
+    own oldest dropped for a new one past this; ``max_peers``: in all
+    torrents.  What a full table does is in the module docstring.
+    ``clock``: seconds, for expiry (tests inject a fake one); ``rng``: which
+    entry a full torrent drops, which peers an answer gets (tests seed one).
     """
 
     def __init__(
@@ -182,8 +245,11 @@ class Tracker:
         default_numwant: int = 50,
         clock: Callable[[], float] = time.monotonic,
         max_peers_per_torrent: int = 10_000,
+        max_peers_per_address: int = 4,
         max_torrents: int = 10_000,
+        max_torrents_per_address: int = 1000,
         max_peers: int = 100_000,
+        rng: random.Random | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be positive, not {interval}")
@@ -191,8 +257,9 @@ class Tracker:
             raise ValueError(f"min_interval must be from 1 to interval ({interval}), not {min_interval}")
         if max_numwant < 0 or default_numwant < 0:
             raise ValueError(f"numwant bounds must be non-negative, not {max_numwant} and {default_numwant}")
-        if min(max_peers_per_torrent, max_torrents, max_peers) <= 0:
-            raise ValueError("max_peers_per_torrent, max_torrents and max_peers must be positive")
+        bounds = (max_peers_per_torrent, max_peers_per_address, max_torrents, max_torrents_per_address, max_peers)
+        if min(bounds) <= 0:
+            raise ValueError(f"the max_ bounds must be positive, not {bounds}")
         self.min_interval = min_interval
         self.max_numwant = max_numwant
         self.default_numwant = min(default_numwant, max_numwant)
@@ -201,9 +268,14 @@ class Tracker:
             clock=clock,
             allowed_info_hashes=allowed_info_hashes,
             max_peers_per_torrent=max_peers_per_torrent,
+            max_peers_per_address=max_peers_per_address,
             max_torrents=max_torrents,
+            max_torrents_per_address=max_torrents_per_address,
             max_peers=max_peers,
+            rng=rng,
         )
+        self._clock = clock
+        self._full_scrape: tuple[float, bytes] | None = None  # built at, bencoded
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._port: int | None = None
@@ -232,6 +304,9 @@ class Tracker:
             shutdown_timeout=1.0,
             keepalive_timeout=_KEEPALIVE_TIMEOUT,
             max_line_size=_MAX_REQUEST_LINE,
+            max_field_size=_MAX_HEADER_LINE,
+            max_headers=_MAX_HEADERS,
+            logger=_http_log,
         )
         await runner.setup()
         try:
@@ -303,8 +378,16 @@ class Tracker:
         return self._swarms.max_peers_per_torrent
 
     @property
+    def max_peers_per_address(self) -> int:
+        return self._swarms.max_peers_per_address
+
+    @property
     def max_torrents(self) -> int:
         return self._swarms.max_torrents
+
+    @property
+    def max_torrents_per_address(self) -> int:
+        return self._swarms.max_torrents_per_address
 
     @property
     def max_peers(self) -> int:
@@ -313,6 +396,7 @@ class Tracker:
     def allow(self, info_hash: bytes) -> None:
         """Track ``info_hash`` (on an open tracker: list it in a full scrape even with no peers yet)."""
         self._swarms.allow(info_hash)
+        self._full_scrape = None
 
     def disallow(self, info_hash: bytes) -> None:
         """Stop tracking ``info_hash`` and forget its peers and its counts.
@@ -321,6 +405,7 @@ class Tracker:
         tracked again on its next announce.
         """
         self._swarms.disallow(info_hash)
+        self._full_scrape = None
 
     @property
     def allowed_info_hashes(self) -> frozenset[bytes] | None:
@@ -353,21 +438,21 @@ class Tracker:
         return self._answer(request, self._scrape)
 
     def _answer(
-        self, request: web.Request, handler: Callable[[web.Request, list[tuple[bytes, bytes]]], dict[Any, Any]]
+        self, request: web.Request, handler: Callable[[web.Request, list[tuple[bytes, bytes]]], bytes]
     ) -> web.Response:
         try:
             query = _split_query(request.raw_path)
             if len(query) > MAX_QUERY_LENGTH:
                 raise Refusal(f"query string longer than {MAX_QUERY_LENGTH} characters")
-            return _bencoded(handler(request, _parse_query(query)))
+            return _response(handler(request, _parse_query(query)))
         except Refusal as refusal:
             log.debug("tracker refused %s from %s: %s", request.path, request.remote, refusal)
-            return _failure(str(refusal))
+            return _response(encode({"failure reason": str(refusal)}))
         except Exception:
             log.exception("tracker failed on %s from %s", request.path, request.remote)
-            return _failure("internal tracker error")
+            return _response(encode({"failure reason": "internal tracker error"}))
 
-    def _announce(self, request: web.Request, pairs: list[tuple[bytes, bytes]]) -> dict[Any, Any]:
+    def _announce(self, request: web.Request, pairs: list[tuple[bytes, bytes]]) -> bytes:
         fields = dict(reversed(pairs))  # the first occurrence of a key wins
 
         def required(name: str) -> bytes:
@@ -410,7 +495,7 @@ class Tracker:
             raise Refusal("cannot tell the address this announce came from") from None
 
         stats, chosen = self._swarms.announce(info_hash, peer_id, address, port, left, event, numwant)
-        return self._announce_answer(stats, chosen, compact, no_peer_id)
+        return encode(self._announce_answer(stats, chosen, compact, no_peer_id))
 
     def _announce_answer(
         self, stats: SwarmStats, chosen: list[PeerEntry], compact: bool, no_peer_id: bool
@@ -433,10 +518,18 @@ class Tracker:
         answer["peers"] = listed
         return answer
 
-    def _scrape(self, request: web.Request, pairs: list[tuple[bytes, bytes]]) -> dict[Any, Any]:
+    def _scrape(self, request: web.Request, pairs: list[tuple[bytes, bytes]]) -> bytes:
         requested = [_info_hash(value) for name, value in pairs if name == b"info_hash"]
+        if requested:
+            return self._scrape_answer(requested)
+        now = self._clock()
+        if self._full_scrape is None or not 0 <= now - self._full_scrape[0] < _FULL_SCRAPE_CACHE:
+            self._full_scrape = (now, self._scrape_answer([]))
+        return self._full_scrape[1]
+
+    def _scrape_answer(self, info_hashes: list[bytes]) -> bytes:
         files = {
             info_hash: {"complete": stats.complete, "incomplete": stats.incomplete, "downloaded": stats.downloaded}
-            for info_hash, stats in self._swarms.scrape(requested).items()
+            for info_hash, stats in self._swarms.scrape(info_hashes).items()
         }
-        return {"files": files}
+        return encode({"files": files})
