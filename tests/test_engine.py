@@ -360,25 +360,3 @@ def test_one_session_runs_several_torrents(tmp_path: Path) -> None:
     asyncio.run(main())
     assert same_tree(seed_one / "ds", tmp_path / "out" / "ds")
     assert same_tree(seed_two / "ds", tmp_path / "out2" / "ds")
-
-
-def test_a_flood_of_silent_connections_is_turned_away(tmp_path: Path) -> None:
-    from pyowtorrent.engine.session import MAX_PENDING_HANDSHAKES
-
-    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 100_000})
-
-    async def main() -> None:
-        async with lo_session() as s1, lo_session() as s2:
-            await s1.add_torrent(meta, seed_dir)
-            silent = [await asyncio.open_connection("127.0.0.1", s1.listen_port) for _ in range(MAX_PENDING_HANDSHAKES)]
-            await until(lambda: s1.handshaking == MAX_PENDING_HANDSHAKES, what="the silent connections to be waiting")
-            reader, writer = await asyncio.open_connection("127.0.0.1", s1.listen_port)
-            assert await asyncio.wait_for(reader.read(1), 10) == b""  # one too many: closed at once
-            writer.close()
-            for _, w in silent:
-                w.close()
-            await until(lambda: s1.handshaking == 0, what="the silent connections to be dropped")
-            t = await s2.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.1", s1.listen_port)])
-            await t.wait_done(timeout=30)  # real peers are served again
-
-    asyncio.run(main())

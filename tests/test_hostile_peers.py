@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pyowtorrent.engine.session import Session
-from pyowtorrent.engine.events import TorrentState
+from pyowtorrent.engine.events import PeerDisconnected, TorrentState
+from pyowtorrent.engine.session import MAX_PENDING_HANDSHAKES, Session
 
 from .engine_util import make_torrent, same_tree, until
+from .hostile import Attacker
 
 JUNK_ANSWERS = {
     # What an HTTP server, a random byte stream, or a peer that speaks only MSE/PE answers.
@@ -80,6 +83,145 @@ def test_a_junk_handshake_from_a_dialled_peer_ends_that_connection_not_the_torre
                 assert seeder.state is TorrentState.SEEDING and seeder.error is None
         finally:
             await junk.close()
+
+    asyncio.run(main())
+    assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
+
+
+# -- floods of messages that cost us work: the flooder is dropped, a good peer downloads on ------
+
+HAVE, REQUEST, CANCEL, EXTENDED = 4, 6, 8, 20
+
+
+def _message(msg_id: int, body: bytes = b"") -> bytes:
+    return struct.pack(">IB", 1 + len(body), msg_id) + body
+
+
+def _extension_handshake(size: int) -> bytes:
+    filler = b"i1e" * max(0, (size - 12) // 3)
+    return _message(EXTENDED, b"\x00" + b"d1:xl" + filler + b"ee")
+
+
+# More than the kernel's socket buffers hold on loopback, so a flood that is not
+# cut off runs to its end, and one that is cut off stops early.
+FLOOD = 2_000_000
+
+FLOODS = {
+    # name: (messages, what the seeder says when it drops the flooder)
+    "1 MiB extension handshakes": (lambda meta: (_extension_handshake(1 << 20) for _ in range(200)), "too long"),
+    "repeated extension handshakes": (lambda meta: (_extension_handshake(64) for _ in range(FLOOD)), "too many"),
+    "cancels of nothing": (
+        lambda meta: (_message(CANCEL, struct.pack(">III", i % (meta.num_pieces - 1), 0, 16384)) for i in range(FLOOD)),
+        "flooding",
+    ),
+    "requests while choked": (
+        lambda meta: (_message(REQUEST, struct.pack(">III", i % (meta.num_pieces - 1), 0, 16384)) for i in range(FLOOD)),
+        "while choked",
+    ),
+    "repeated haves": (lambda meta: (_message(HAVE, struct.pack(">I", 0)) for _ in range(FLOOD)), "flooding"),
+    "keep-alives": (lambda meta: (b"\0\0\0\0" for _ in range(FLOOD)), "flooding"),
+}
+
+
+@pytest.mark.parametrize("flood", list(FLOODS))
+def test_a_flooding_peer_is_dropped_and_a_good_download_completes(
+    tmp_path: Path, flood: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 2_000_000})
+    messages, reason = FLOODS[flood]
+
+    async def main() -> None:
+        async with lo_session() as seed_s, lo_session() as leech_s:
+            seeder = await seed_s.add_torrent(meta, seed_dir)
+            gone: list[PeerDisconnected] = []
+            seeder.add_listener(lambda e: gone.append(e) if isinstance(e, PeerDisconnected) else None)
+            attacker = Attacker(meta, local_host="127.0.0.7")
+            await attacker.connect(("127.0.0.1", seed_s.listen_port))
+            attack = asyncio.ensure_future(attacker.flood(messages(meta), batch=1 if "1 MiB" in flood else 1000))
+            leecher = await leech_s.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.1", seed_s.listen_port)])
+            await leecher.wait_done(timeout=60)
+            sent = await asyncio.wait_for(attack, 60)
+            attacker.close()
+            await until(lambda: any(e.peer[0] == "127.0.0.7" for e in gone), what="the flooder to be dropped")
+            dropped = next(e for e in gone if e.peer[0] == "127.0.0.7")
+            assert reason in dropped.reason
+            assert sent < (200 if "1 MiB" in flood else FLOOD)  # dropped before the flood ran out
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback anywhere
+
+
+# -- slowloris: silent connections that would fill the handshake slots ---------------------------
+
+
+class Slowloris:
+    """Keeps ``count`` connections open that send nothing (or half a handshake), re-opening them as they close."""
+
+    def __init__(self, target: tuple[str, int], sources: list[str], count: int) -> None:
+        self.target = target
+        self.sources = sources
+        self.count = count
+        self.opened = 0
+        self.closed_at_once = 0
+        self._open: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event, max_connections: int = 5000) -> None:
+        while not stop.is_set() and self.opened < max_connections:
+            for _ in range(2):  # up to 40 new connections a second, as slots free up
+                if len(self._open) >= self.count or self.opened >= max_connections:
+                    break
+                source = self.sources[self.opened % len(self.sources)]
+                reader, writer = await asyncio.open_connection(*self.target, local_addr=(source, 0))
+                if self.opened % 2:
+                    writer.write(b"\x13BitTorrent proto")  # half a handshake, then nothing
+                self.opened += 1
+                self._open.add(writer)
+                task = asyncio.ensure_future(self._hold(reader, writer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(0.05)  # pacing, as in the attack
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()
+        except ConnectionError:
+            pass
+        self._open.discard(writer)
+        writer.close()
+
+    def close(self) -> None:
+        for w in self._open:
+            w.close()
+        for t in self._tasks:
+            t.cancel()
+
+
+@pytest.mark.parametrize("sources", [1, 20], ids=["one address", "twenty addresses"])
+def test_silent_connections_cannot_keep_a_real_peer_out(tmp_path: Path, sources: int) -> None:
+    """~70-80 silent sockets, re-opened as they are closed, against a seeder; a leecher still downloads."""
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 1_000_000})
+
+    async def main() -> None:
+        # The leecher retries a refused connection after 5 s, as by default.
+        async with lo_session() as seed_s, lo_session(reconnect_delay=5.0) as leech_s:
+            await seed_s.add_torrent(meta, seed_dir)
+            loris = Slowloris(
+                ("127.0.0.1", seed_s.listen_port), [f"127.0.0.{10 + i}" for i in range(sources)], 70 if sources == 1 else 80
+            )
+            stop = asyncio.Event()
+            attack = asyncio.ensure_future(loris.run(stop))
+            await until(lambda: loris.opened >= 2 * loris.count, what="the silent connections to open")
+            leecher = await leech_s.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.1", seed_s.listen_port)])
+            try:
+                await leecher.wait_done(timeout=30)
+            finally:
+                stop.set()
+                await attack
+                loris.close()
+            assert seed_s.handshaking <= MAX_PENDING_HANDSHAKES
 
     asyncio.run(main())
     assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")

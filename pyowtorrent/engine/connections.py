@@ -28,6 +28,8 @@ __all__ = ["MAX_KNOWN_PEERS", "PeerSet"]
 
 # Bounds on what peers and trackers can make a torrent remember.
 MAX_KNOWN_PEERS = 2000
+# A peer younger than this is never evicted: it has not had time to be useful.
+EVICTION_GRACE = 30.0
 
 
 class PeerSet:
@@ -103,15 +105,34 @@ class PeerSet:
 
     def accept(self, link: PeerLink) -> None:
         """An incoming connection whose handshake named this torrent."""
-        if not self.active or link.address[0] in self.banned:
+        ip = link.address[0]
+        settings = self.services.settings
+        if not self.active or ip in self.banned:
             link.writer.close()
             return
-        if len(self.peers) >= self.services.settings.max_connections_per_torrent:
+        if sum(1 for a in self.peers if a[0] == ip) >= settings.max_connections_per_ip:
+            log.debug("%s: %s already holds %d connections", self.meta.name, ip, settings.max_connections_per_ip)
             link.writer.close()
             return
+        if len(self.peers) >= settings.max_connections_per_torrent:
+            victim = self._useless_peer()
+            if victim is None:
+                link.writer.close()
+                return
+            self.close(victim, "replaced by a new peer")  # it goes as the newcomer comes
         conn = self.new_connection()
         link.writer.write(conn.handshake_bytes())
         self._attach(link, conn)
+
+    def _useless_peer(self) -> Peer | None:
+        """The peer to drop for a newcomer: neither side interested, connected longest, past its grace."""
+        now = self.clock.now()
+        useless = [
+            p
+            for p in self.peers.values()
+            if not p.am_interested and not p.peer_interested and now - p.connected_at > EVICTION_GRACE
+        ]
+        return min(useless, key=lambda p: p.connected_at, default=None)
 
     def new_connection(self) -> PeerConnection:
         m = self.meta

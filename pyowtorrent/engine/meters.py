@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .clock import Clock
 
-__all__ = ["RateLimiter", "RateMeter"]
+__all__ = ["Allowance", "RateLimiter", "RateMeter"]
 
 
 class RateMeter:
@@ -34,6 +34,28 @@ class RateMeter:
             self._bytes = 0.0
             self._last = now
         return self._rate
+
+
+class Allowance:
+    """A budget that refills with time: ``spend()`` is false once a burst beyond ``burst`` outpaces ``per_second``.
+
+    Bounds what a peer may send that costs us work and gives us nothing
+    (keep-alives, repeated haves, cancels of nothing): a legitimate peer sends
+    a few a minute, a flood spends the budget in a moment.
+    """
+
+    def __init__(self, clock: Clock, burst: float, per_second: float) -> None:
+        self.clock = clock
+        self.burst = burst
+        self.per_second = per_second
+        self._left = burst
+        self._stamp = clock.now()
+
+    def spend(self, n: float = 1.0) -> bool:
+        now = self.clock.now()
+        self._left = min(self.burst, self._left + (now - self._stamp) * self.per_second) - n
+        self._stamp = now
+        return self._left >= 0
 
 
 class RateLimiter:

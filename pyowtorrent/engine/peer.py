@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Any, Protocol
 
 from ..errors import PyowtorrentError
@@ -24,6 +23,7 @@ from ..wire.bitfield import bitfield_flags
 from ..wire.connection import PeerConnection
 from ..wire.errors import RemoteProtocolError
 from .clock import Clock
+from .conduct import Conduct, PeerMisbehaved
 from .meters import RateMeter
 from .net import Address
 
@@ -42,6 +42,7 @@ MAX_QUEUE = 500
 OUR_REQQ = 500
 # Coalesce a peer's queued requests into disk reads of up to this many bytes.
 MAX_READ = 1 << 20
+RequestKey = tuple[int, int, int]  # index, begin, length
 
 
 class PeerHost(Protocol):
@@ -101,7 +102,9 @@ class Peer:
         self.outstanding: dict[Block, float] = {}
         self.queue_target = START_QUEUE
         self.max_queue = MAX_QUEUE
-        self.incoming_requests: deque[ev.Request] = deque()
+        # The peer's requests to us, in arrival order, found by key (a cancel is O(1)).
+        self.incoming_requests: dict[RequestKey, ev.Request] = {}
+        self.conduct = Conduct(clock)
         self.downloaded = RateMeter(clock)
         self.uploaded = RateMeter(clock)
         self.connected_at = clock.now()
@@ -113,6 +116,7 @@ class Peer:
         self._serve_wakeup = asyncio.Event()
         self._refill = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
         self.close_reason = ""
 
     # Choke and interest state lives in the protocol object, which updates it
@@ -150,8 +154,19 @@ class Peer:
     def send(self, event: ev.Message) -> None:
         if self.closed.is_set():
             return
+        if self.writer.is_closing():
+            # The connection is gone under us: writing on would only make asyncio warn, once per write.
+            self._close_soon("connection lost")
+            return
         self.writer.write(self.conn.send(event))
         self.last_sent = self.clock.now()
+
+    def _close_soon(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.close_reason = self.close_reason or reason
+        self._tasks.append(asyncio.get_running_loop().create_task(self.close(reason), name=f"close {self.address}"))
 
     def send_interest(self, interested: bool) -> None:
         if interested != self.am_interested:
@@ -165,10 +180,11 @@ class Peer:
             # BEP 6: a choke rejects whatever the peer had asked for (we grant no
             # allowed-fast pieces, so nothing is exempt).
             if self.fast:
-                for r in self.incoming_requests:
+                for r in self.incoming_requests.values():
                     self.send(ev.Reject(r.index, r.begin, r.length))
             self.incoming_requests.clear()
         else:
+            self.conduct.unchoked()
             self._serve_wakeup.set()
 
     # -- life cycle ----------------------------------------------------------
@@ -196,6 +212,9 @@ class Peer:
             log.info("%r: %s", self, self.close_reason)
         except (ConnectionError, OSError) as exc:
             self.close_reason = self.close_reason or f"connection lost: {exc}"
+        except PeerMisbehaved as exc:
+            self.close_reason = str(exc)
+            log.info("%r: %s", self, self.close_reason)
         except PyowtorrentError as exc:
             self.close_reason = str(exc)
         finally:
@@ -230,6 +249,8 @@ class Peer:
                     self.have[index] = 1
                     self.num_have += 1
                     host.on_peer_have(self, index)
+                else:
+                    self.conduct.idle_message("have")
             elif type(e) is ev.Request:
                 self._on_request(e)
             elif type(e) is ev.Unchoke:
@@ -251,12 +272,12 @@ class Peer:
             elif type(e) is ev.HaveNone:
                 host.on_peer_pieces(self)
             elif type(e) is ev.Cancel:
-                self._drop_request(e.index, e.begin, e.length)
+                if self.incoming_requests.pop((e.index, e.begin, e.length), None) is None:
+                    self.conduct.idle_message("cancel")
             elif type(e) is ev.Reject:
-                block = Block(e.index, e.begin, e.length)
-                if self.outstanding.pop(block, None) is not None:
-                    host.on_request_failed(self, block)
-                    host.fill_requests(self)
+                self._on_reject(Block(e.index, e.begin, e.length))
+            elif type(e) is ev.KeepAlive:
+                self.conduct.idle_message("keep-alive")
             elif type(e) is ev.Handshake:
                 self.peer_id = e.peer_id
             elif type(e) is ev.ExtensionHandshake:
@@ -264,7 +285,7 @@ class Peer:
                     self.max_queue = max(MIN_QUEUE, min(MAX_QUEUE, e.reqq))
                 if e.v:
                     self.client = e.v[:64]
-            # KeepAlive, Port, Suggest, AllowedFast, Extended: nothing to do yet.
+            # Port, Suggest, AllowedFast, Extended: nothing to do yet.
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
             host.fill_requests(self)
@@ -276,6 +297,7 @@ class Peer:
         self.downloaded.add(len(e.block))
         self.last_block = now
         self.snubbed = False
+        self.conduct.block_received()
         self.host.on_block(self, block, e.block)
         # Slow start: each block received lets the queue grow until it covers
         # REQUEST_QUEUE_SECONDS of the measured rate.
@@ -285,18 +307,25 @@ class Peer:
         self._refill = True
 
     def _on_request(self, e: ev.Request) -> None:
+        if self.am_choking:
+            self.conduct.request_while_choked()
         if self.am_choking or not self.host.have_piece(e.index) or len(self.incoming_requests) >= OUR_REQQ:
             if self.fast:
                 self.send(ev.Reject(e.index, e.begin, e.length))
             return
-        self.incoming_requests.append(e)
+        self.incoming_requests[(e.index, e.begin, e.length)] = e
         self._serve_wakeup.set()
 
-    def _drop_request(self, index: int, begin: int, length: int) -> None:
-        for r in self.incoming_requests:
-            if (r.index, r.begin, r.length) == (index, begin, length):
-                self.incoming_requests.remove(r)
-                return
+    def _on_reject(self, block: Block) -> None:
+        if self.outstanding.pop(block, None) is None:
+            return
+        self.host.on_request_failed(self, block)
+        if self.conduct.rejected():
+            # It will not give us these: stop asking for a while rather than
+            # trade requests for rejects as fast as the link allows.
+            self.snubbed = True
+            return
+        self.host.fill_requests(self)
 
     def _drop_outstanding(self) -> None:
         for block in list(self.outstanding):
@@ -325,8 +354,16 @@ class Peer:
             self.queue_target = MIN_QUEUE
             self._drop_outstanding()
             self.host.fill_requests(self)
+        if self.conduct.backoff_over(now):
+            self.host.fill_requests(self)
+        if self.conduct.writes_seen(now, self.writer.transport.get_write_buffer_size()):
+            self._close_soon("stopped reading")
 
     # -- uploading -----------------------------------------------------------
+
+    def _next_request(self) -> ev.Request:
+        key = next(iter(self.incoming_requests))
+        return self.incoming_requests.pop(key)
 
     async def _serve(self) -> None:
         """Answer the peer's requests: coalesced reads off the loop, writes with back-pressure."""
@@ -335,17 +372,15 @@ class Peer:
                 self._serve_wakeup.clear()
                 await self._serve_wakeup.wait()
                 continue
-            batch = [self.incoming_requests.popleft()]
+            batch = [self._next_request()]
             total = batch[0].length
             # Consecutive requests in one piece become one read.
-            while (
-                self.incoming_requests
-                and self.incoming_requests[0].index == batch[-1].index
-                and self.incoming_requests[0].begin == batch[-1].begin + batch[-1].length
-                and total < MAX_READ
-            ):
-                batch.append(self.incoming_requests.popleft())
-                total += batch[-1].length
+            while self.incoming_requests and total < MAX_READ:
+                following = next(iter(self.incoming_requests.values()))
+                if following.index != batch[-1].index or following.begin != batch[-1].begin + batch[-1].length:
+                    break
+                batch.append(self._next_request())
+                total += following.length
             first = batch[0]
             try:
                 data = await self.host.read_block(first.index, first.begin, total)

@@ -48,6 +48,9 @@ class TorrentSettings:
     client_name: str
     upload_slots: int = 4
     max_connections_per_torrent: int = 50
+    # Incoming connections one address may hold in one torrent: a few clients
+    # behind one NAT, not one host holding every slot.
+    max_connections_per_ip: int = 8
     # Requests unanswered this long go to other peers and the peer counts as snubbed.
     request_timeout: float = 20.0
     # A peer that dropped or refused us is tried again after this long.

@@ -38,8 +38,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Session", "make_peer_id"]
 
-# Incoming connections allowed to be waiting for their handshake at once.
+# Incoming connections allowed to be waiting for their handshake at once; past
+# this the oldest one waiting is dropped, so silent connections (slowloris)
+# cannot keep a real peer out: a peer sends its handshake within a round trip.
 MAX_PENDING_HANDSHAKES = 64
+# ... and from one address: several clients behind one NAT, but not a flood.
+MAX_PENDING_HANDSHAKES_PER_IP = 8
 
 
 def make_peer_id(rng: random.Random | None = None) -> bytes:
@@ -71,6 +75,7 @@ class Session:
         upload_slots: int = 4,
         max_connections: int = 200,
         max_connections_per_torrent: int = 50,
+        max_connections_per_ip: int = 8,
         resume_dir: str | os.PathLike[str] | None = None,
         disk_threads: int | None = None,
         upload_rate_limit: int = 0,
@@ -96,6 +101,7 @@ class Session:
             client_name=f"pyowtorrent {__version__}",
             upload_slots=upload_slots,
             max_connections_per_torrent=max_connections_per_torrent,
+            max_connections_per_ip=max_connections_per_ip,
             request_timeout=request_timeout,
             reconnect_delay=reconnect_delay,
             tracker_timeout=tracker_timeout,
@@ -111,7 +117,8 @@ class Session:
         self.upload_limiter = RateLimiter(upload_rate_limit, self.clock)
         self._http: aiohttp.ClientSession | None = None
         self.own_addresses: set[Address] = set()  # found by connecting to ourselves
-        self.handshaking = 0
+        # Incoming connections waiting for their handshake, oldest first.
+        self._handshaking: dict[asyncio.StreamWriter, str] = {}
         self.torrents: dict[bytes, Torrent] = {}
         self._listeners: list[Listener] = []
         self.listen_port = 0
@@ -248,24 +255,34 @@ class Session:
 
     # -- incoming connections -----------------------------------------------------------
 
+    @property
+    def handshaking(self) -> int:
+        """Incoming connections waiting for their handshake."""
+        return len(self._handshaking)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.handshaking >= MAX_PENDING_HANDSHAKES:
-            writer.close()  # a flood of silent connections must not use up our file descriptors
+        peername = writer.get_extra_info("peername")
+        ip = str(peername[0])
+        if sum(1 for other in self._handshaking.values() if other == ip) >= MAX_PENDING_HANDSHAKES_PER_IP:
+            writer.close()
             return
-        self.handshaking += 1
+        if len(self._handshaking) >= MAX_PENDING_HANDSHAKES:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            oldest.close()  # its read ends at once; the newcomer takes its place
+        self._handshaking[writer] = ip
         try:
             data, hs = await read_handshake(reader, self.clock)
         except CONNECTION_FAILURES:
             writer.close()
             return
         finally:
-            self.handshaking -= 1
+            self._handshaking.pop(writer, None)
         torrent = self.torrents.get(hs.info_hash)
         if torrent is None or not self.can_connect():
             writer.close()
             return
-        peername = writer.get_extra_info("peername")
-        torrent.accept(PeerLink(reader, writer, (str(peername[0]), int(peername[1])), hs, data, outgoing=False))
+        torrent.accept(PeerLink(reader, writer, (ip, int(peername[1])), hs, data, outgoing=False))
 
     async def close(self) -> None:
         """Stop every torrent (saving resume data), close the sockets, wait for the peers to go."""

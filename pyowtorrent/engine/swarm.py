@@ -160,7 +160,7 @@ class Swarm:
             self.fill_requests(peer)
 
     def fill_requests(self, peer: Peer) -> None:
-        if peer.closed.is_set() or peer.peer_choking or not peer.am_interested:
+        if peer.closed.is_set() or peer.peer_choking or not peer.am_interested or peer.conduct.backoff_until:
             return
         want = peer.queue_target - len(peer.outstanding)
         if want <= 0:
@@ -190,7 +190,8 @@ class Swarm:
         stats = [
             PeerStats(
                 key=p.address,
-                interested=p.peer_interested,
+                # A peer that reads nothing of what we send is no candidate for a slot.
+                interested=p.peer_interested and not p.conduct.upload_stalled,
                 download_rate=p.downloaded.rate(now),
                 upload_rate=p.uploaded.rate(now),
                 snubbed=p.snubbed,

@@ -134,10 +134,14 @@ class SwarmSim:
         finally:
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
             for p in self.peers.values():
                 if p.online:
                     await self._leave(p)
+        # A scenario's own code failing (a peer's life, a monitor) is the test's bug: say so.
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
 
     async def _life(self, spec: PeerSpec) -> None:
         await asyncio.sleep(spec.join_at)

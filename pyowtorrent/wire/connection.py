@@ -64,6 +64,12 @@ DEFAULT_MAX_BLOCK = BLOCK_SIZE
 # Extension messages carry metadata pieces (16 KiB) and peer lists; 1 MiB
 # is far above any legitimate one and bounds what a peer makes us buffer.
 DEFAULT_MAX_EXTENSION_MESSAGE = 1 << 20
+# A BEP 10 handshake is a small dictionary (well under 1 KiB from every client
+# we know); decoding bencode costs ~0.4 µs a byte, so a bound keeps a peer from
+# spending the event loop's time.  BEP 10 lets a peer send it again to change
+# its ids; a handful of times is plenty.
+MAX_EXTENSION_HANDSHAKE = 16 << 10
+MAX_EXTENSION_HANDSHAKES = 8
 
 _LENGTH = struct.Struct(">I")
 _INDEX_BODY = struct.Struct(">xI")  # id, index
@@ -143,6 +149,7 @@ class PeerConnection:
         self._local_started = False  # ... or sent
         self._requests = RequestLedger()
         self._extensions = ExtensionIds()
+        self._extension_handshakes = 0
 
     # -- what was negotiated ------------------------------------------------
 
@@ -345,6 +352,13 @@ class PeerConnection:
 
     def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended:
         if ext_id == EXTENSION_HANDSHAKE_ID:
+            if len(payload) > MAX_EXTENSION_HANDSHAKE:
+                raise RemoteProtocolError(
+                    Violation.EXTENSION_HANDSHAKE_TOO_LONG, f"{len(payload)} bytes, over {MAX_EXTENSION_HANDSHAKE}"
+                )
+            self._extension_handshakes += 1
+            if self._extension_handshakes > MAX_EXTENSION_HANDSHAKES:
+                raise RemoteProtocolError(Violation.TOO_MANY_EXTENSION_HANDSHAKES, f"over {MAX_EXTENSION_HANDSHAKES}")
             handshake = decode_extension_handshake(payload)
             self._extensions.update_remote(handshake)
             return handshake

@@ -32,6 +32,8 @@ class Violation(enum.StrEnum):
     PIECE_NOT_REQUESTED = "piece not requested"
     REJECT_NOT_REQUESTED = "reject for a request never sent"
     INVALID_EXTENSION_HANDSHAKE = "invalid extension handshake"
+    EXTENSION_HANDSHAKE_TOO_LONG = "extension handshake too long"
+    TOO_MANY_EXTENSION_HANDSHAKES = "too many extension handshakes"
     EXTENDED_ID_NOT_ADVERTISED = "extended message id not advertised"
 
 

@@ -1,0 +1,94 @@
+"""How much a peer may cost us within the protocol's rules, and what we do when it costs more.
+
+The wire layer refuses what breaks a rule; these are the peers that keep the
+rules and still do harm: a stream of requests while choked, floods of
+messages that carry nothing, a peer that rejects everything we ask, a peer
+that never reads what we send.  :class:`Conduct` keeps one peer's account;
+the peer driver asks it and acts (drop, stop asking, give the slot away).
+"""
+
+from __future__ import annotations
+
+from ..errors import PyowtorrentError
+from .clock import Clock
+from .meters import Allowance
+
+__all__ = ["Conduct", "PeerMisbehaved"]
+
+# Requests a choked peer may send before it is dropped (libtorrent drops such
+# peers too): one full queue arriving after our choke is normal, a stream is not.
+MAX_CHOKED_REQUESTS = 1000
+# Messages that cost us work and carry nothing (keep-alives, haves of pieces
+# already announced, cancels of nothing): a burst of this many, then this many a second.
+IDLE_MESSAGE_BURST = 500
+IDLE_MESSAGES_PER_SECOND = 10.0
+# Rejects in a row (BEP 6) before we stop asking the peer; the pause doubles
+# each time it rejects again, up to the maximum, and ends when a block arrives.
+REJECTS_BEFORE_BACKOFF = 8
+MAX_REJECT_BACKOFF = 64.0
+# An unchoked peer whose connection has taken none of our data for this long
+# stops being an upload candidate (it holds a slot and reads nothing) ...
+UPLOAD_STALL = 5.0
+# ... and is dropped after this long.
+UPLOAD_DEAD = 60.0
+
+
+class PeerMisbehaved(PyowtorrentError):
+    """The peer floods us or abuses the protocol within its rules: drop it."""
+
+
+class Conduct:
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._choked_requests = 0
+        self._idle_messages = Allowance(clock, IDLE_MESSAGE_BURST, IDLE_MESSAGES_PER_SECOND)
+        self._rejects_in_a_row = 0
+        self._backoff = 0.0
+        self.backoff_until = 0.0  # ask it for nothing before this (it kept rejecting)
+        self._unsent = 0  # our bytes in its send buffer at the last look
+        self._last_write_progress = clock.now()
+
+    def request_while_choked(self) -> None:
+        self._choked_requests += 1
+        if self._choked_requests > MAX_CHOKED_REQUESTS:
+            raise PeerMisbehaved(f"{self._choked_requests} requests while choked")
+
+    def unchoked(self) -> None:
+        self._choked_requests = 0
+
+    def idle_message(self, what: str) -> None:
+        if not self._idle_messages.spend():
+            raise PeerMisbehaved(f"flooding us with {what} messages")
+
+    def rejected(self) -> bool:
+        """A request of ours was rejected; true when it is time to stop asking for a while."""
+        self._rejects_in_a_row += 1
+        if self._rejects_in_a_row < REJECTS_BEFORE_BACKOFF:
+            return False
+        self._rejects_in_a_row = 0
+        self._backoff = min(MAX_REJECT_BACKOFF, max(1.0, 2 * self._backoff))
+        self.backoff_until = self.clock.now() + self._backoff
+        return True
+
+    def block_received(self) -> None:
+        self._rejects_in_a_row = 0
+        self._backoff = 0.0
+
+    def backoff_over(self, now: float) -> bool:
+        """True once, when a pause in asking has run out."""
+        if self.backoff_until and now >= self.backoff_until:
+            self.backoff_until = 0.0
+            return True
+        return False
+
+    def writes_seen(self, now: float, unsent: int) -> bool:
+        """Note how much of ours waits in its send buffer; true when it has read nothing for too long."""
+        if unsent == 0 or unsent < self._unsent:
+            self._last_write_progress = now
+        self._unsent = unsent
+        return now - self._last_write_progress > UPLOAD_DEAD
+
+    @property
+    def upload_stalled(self) -> bool:
+        """It has data of ours waiting and has taken none of it for a while: not worth an upload slot."""
+        return self._unsent > 0 and self.clock.now() - self._last_write_progress > UPLOAD_STALL
