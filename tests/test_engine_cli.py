@@ -171,3 +171,30 @@ def test_download_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert b"listening on 127.0.0.1:" in out and b"done: ds verified on disk" in out
     assert "100%" in terminal and "peers=" in terminal and "Traceback" not in terminal
     assert same_tree(seed_dir / "ds", tmp_path / "out" / "ds")
+
+
+def test_sigterm_while_a_handshake_is_pending_exits_cleanly_without_a_traceback(tmp_path: Path) -> None:
+    """A seeder with an incoming connection stuck mid-handshake, and a downloader dialling a peer
+    that never answers: SIGTERM ends both with status 0 and nothing on stderr but our own lines."""
+    import socket
+
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 200_000})
+    torrent = tmp_path / "t.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never answers
+    proc, port = seeder(torrent, seed_dir)
+    half = socket.create_connection(("127.0.0.1", port))
+    try:
+        half.sendall(b"\x13BitTorrent proto")  # half a handshake, then nothing
+        leech = start("download", str(torrent), "-o", str(tmp_path / "out"), "--listen", "127.0.0.1", "--json",
+                      "--peer", f"127.0.0.1:{silent.getsockname()[1]}")
+        read_until(leech, lambda d: d["event"] == "status")  # running, its dial pending
+        read_until(proc, lambda d: d["event"] == "status")
+        assert stop(leech) == 0 and stop(proc) == 0
+        for p in (leech, proc):
+            assert p.stderr is not None
+            err = p.stderr.read()
+            assert "Traceback" not in err and "Error" not in err, err
+    finally:
+        half.close()
+        silent.close()

@@ -225,3 +225,38 @@ def test_silent_connections_cannot_keep_a_real_peer_out(tmp_path: Path, sources:
 
     asyncio.run(main())
     assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
+
+
+# -- our own files: changed under us, or a resume file that cannot be read ---------------------
+
+
+def test_a_payload_truncated_under_a_running_seeder_is_an_error_state_naming_it(tmp_path: Path) -> None:
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 3_000_000})
+
+    async def main() -> None:
+        async with lo_session(upload_rate_limit=300_000) as seed_s, lo_session() as leech_s:
+            seeder = await seed_s.add_torrent(meta, seed_dir)
+            leecher = await leech_s.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.1", seed_s.listen_port)])
+            await until(lambda: leecher.status().pieces_have >= 3, what="some pieces")
+            with open(seed_dir / "ds" / "data.bin", "r+b") as f:
+                f.truncate(100_000)
+            await until(lambda: seeder.state is TorrentState.ERROR, what="the seeder to notice")
+            assert seeder.error is not None and "data.bin" in seeder.error
+            await until(lambda: not leecher.peers, what="the leecher to be let go")
+            assert leecher.state is TorrentState.DOWNLOADING  # waiting for another source, not failed
+
+    asyncio.run(main())
+
+
+def test_a_resume_file_too_deeply_nested_to_read_counts_as_absent(tmp_path: Path) -> None:
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 300_000})
+    resume = seed_dir / ".pyowtorrent" / f"{meta.info_hash.hex()}.resume.json"
+    resume.parent.mkdir(parents=True)
+    resume.write_text("[" * 200_000 + "]" * 200_000)
+
+    async def main() -> None:
+        async with lo_session() as s:
+            t = await s.add_torrent(meta, seed_dir)
+            assert t.state is TorrentState.SEEDING and t.status().checked_bytes == meta.total_length
+
+    asyncio.run(main())

@@ -119,6 +119,9 @@ class Session:
         self.own_addresses: set[Address] = set()  # found by connecting to ourselves
         # Incoming connections waiting for their handshake, oldest first.
         self._handshaking: dict[asyncio.StreamWriter, str] = {}
+        # Their tasks are asyncio's (made by the listen socket): close() ends them itself,
+        # or the loop would cancel them on its way out and asyncio would print a traceback.
+        self._accepting: set[asyncio.Task[None]] = set()
         self.torrents: dict[bytes, Torrent] = {}
         self._listeners: list[Listener] = []
         self.listen_port = 0
@@ -271,6 +274,9 @@ class Session:
             del self._handshaking[oldest]
             oldest.close()  # its read ends at once; the newcomer takes its place
         self._handshaking[writer] = ip
+        task = asyncio.current_task()
+        assert task is not None
+        self._accepting.add(task)
         try:
             data, hs = await read_handshake(reader, self.clock)
         except CONNECTION_FAILURES:
@@ -278,6 +284,7 @@ class Session:
             return
         finally:
             self._handshaking.pop(writer, None)
+            self._accepting.discard(task)
         torrent = self.torrents.get(hs.info_hash)
         if torrent is None or not self.can_connect():
             writer.close()
@@ -288,6 +295,10 @@ class Session:
         """Stop every torrent (saving resume data), close the sockets, wait for the peers to go."""
         for listener in self._listeners:
             listener.close()
+        for writer in list(self._handshaking):
+            writer.close()  # a pending handshake read ends at once
+        if self._accepting:
+            await asyncio.wait(list(self._accepting))
         await asyncio.gather(*(t.stop() for t in list(self.torrents.values())))
         if self._http is not None:
             await self._http.close()

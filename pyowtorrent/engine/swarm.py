@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
+from ..errors import StorageError
 from ..metainfo.torrent_file import Metainfo
 from ..storage.base import PieceStore
 from ..strategy.choker import Choker, PeerStats
@@ -43,6 +44,7 @@ class Swarm:
         assembler: PieceAssembler,
         events: EventBus,
         is_done: Callable[[], bool],
+        storage_failed: Callable[[str], None],
     ) -> None:
         self.meta = meta
         self.services = services
@@ -52,6 +54,7 @@ class Swarm:
         self.storage = storage
         self.assembler = assembler
         self.is_done = is_done
+        self.storage_failed = storage_failed
         self.choker = Choker(services.settings.upload_slots, seed=services.rng.getrandbits(64))
         self.connections = PeerSet(meta, services, self, self._greet, events)
         self.uploaded_bytes = 0
@@ -133,7 +136,13 @@ class Swarm:
 
     async def read_block(self, index: int, begin: int, length: int) -> bytes | bytearray:
         await self.services.upload_limiter.take(length)
-        return await self.services.disk.run(self.storage.read_block, index, begin, length)
+        try:
+            return await self.services.disk.run(self.storage.read_block, index, begin, length)
+        except StorageError as exc:
+            # Our own file is gone or short (truncated under us): every peer would
+            # be refused alike, so the torrent says so rather than serve nothing.
+            self.storage_failed(f"cannot read piece {index}: {exc}")
+            raise
 
     def peer_closed(self, peer: Peer) -> None:
         if not self.connections.forget(peer):

@@ -78,7 +78,9 @@ class Torrent:
         self.picker.set_piece_priorities(self.priorities)
         self.picker.set_sequential(sequential)
         self.assembler = PieceAssembler(meta.layout, storage, services.disk, self)
-        self.swarm = Swarm(meta, services, self.picker, self.priorities, storage, self.assembler, self.bus, self._done_is_set)
+        self.swarm = Swarm(
+            meta, services, self.picker, self.priorities, storage, self.assembler, self.bus, self._done_is_set, self._fail
+        )
         self._tasks = Supervisor(meta.name, self._task_failed)
         self._done = asyncio.Event()
         self._errored = asyncio.Event()
@@ -259,6 +261,8 @@ class Torrent:
             self._set_state(TorrentState.STOPPED)
 
     def _fail(self, message: str) -> None:
+        if self.state is TorrentState.ERROR:
+            return
         log.error("%s: %s", self.meta.name, message)
         self.error = message
         self._tasks.cancel()
