@@ -100,7 +100,7 @@ def test_lying_peer_is_banned_and_the_download_still_correct(tmp_path: Path) -> 
     (liar_dir / "ds" / "data.bin").write_bytes((seed_dir / "ds" / "data.bin").read_bytes())
 
     async def main() -> None:
-        # The liar listens on its own loopback address: bans are per IP.
+        # The liar listens on its own loopback address.
         async with lo_session() as honest_s, lo_session("127.0.0.2") as liar_s, lo_session() as leech_s:
             await honest_s.add_torrent(meta, seed_dir)
             liar = await liar_s.add_torrent(meta, liar_dir)
@@ -114,9 +114,36 @@ def test_lying_peer_is_banned_and_the_download_still_correct(tmp_path: Path) -> 
             await until(lambda: any(isinstance(e, PieceFailed) for e in events), what="a failed piece")
             leecher.add_peer("127.0.0.1", honest_s.listen_port)
             await leecher.wait_done(timeout=60)
-            assert "127.0.0.2" in leecher.banned
+            assert any(ip == "127.0.0.2" for ip, _ in leecher.banned_peers)
             assert any(isinstance(e, PeerBanned) and e.ip == "127.0.0.2" for e in events)
             assert not any(p.address[0] == "127.0.0.2" for p in leecher.peers.values())
+
+    asyncio.run(main())
+    assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
+
+
+def test_a_liar_behind_the_same_address_as_an_honest_seeder_does_not_cut_it_off(tmp_path: Path) -> None:
+    """One NAT, two peers: bans are by (IP, peer id), so the honest seeder on the liar's address stays."""
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 2_000_000}, piece_length=16384)
+    liar_dir = tmp_path / "liar"
+    (liar_dir / "ds").mkdir(parents=True)
+    (liar_dir / "ds" / "data.bin").write_bytes((seed_dir / "ds" / "data.bin").read_bytes())
+
+    async def main() -> None:
+        async with lo_session("127.0.0.3") as honest_s, lo_session("127.0.0.3") as liar_s, lo_session() as leech_s:
+            await honest_s.add_torrent(meta, seed_dir)
+            liar = await liar_s.add_torrent(meta, liar_dir)
+            (liar_dir / "ds" / "data.bin").write_bytes(os.urandom(2_000_000))
+            liar.storage.close()
+            leecher = await leech_s.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.3", liar_s.listen_port)])
+            events: list[TorrentEvent] = []
+            leecher.add_listener(events.append)
+            await until(lambda: any(isinstance(e, PieceFailed) for e in events), what="a failed piece")
+            leecher.add_peer("127.0.0.3", honest_s.listen_port)
+            await leecher.wait_done(timeout=60)
+            assert leecher.banned_peers == {("127.0.0.3", liar_s.peer_id)}
+            assert "127.0.0.3" not in leecher.banned
+            assert [p.peer_id for p in leecher.peers.values()] == [honest_s.peer_id]
 
     asyncio.run(main())
     assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")

@@ -207,7 +207,7 @@ class _Reporter:
         if isinstance(e, PieceFailed):
             doc: dict[str, Any] = {"event": "piece_failed", "piece": e.piece}
         elif isinstance(e, PeerBanned):
-            doc = {"event": "peer_banned", "ip": e.ip, "message": e.reason}
+            doc = {"event": "peer_banned", "ip": e.ip, "whole_address": e.peer_id is None, "message": e.reason}
         elif isinstance(e, TorrentFailed):
             doc = {"event": "error", "message": e.message}
         elif isinstance(e, Completed):

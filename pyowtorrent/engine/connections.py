@@ -30,6 +30,10 @@ __all__ = ["MAX_KNOWN_PEERS", "PeerSet"]
 MAX_KNOWN_PEERS = 2000
 # A peer younger than this is never evicted: it has not had time to be useful.
 EVICTION_GRACE = 30.0
+# Bans are by (IP, peer id), so an honest peer behind the same NAT as a liar
+# keeps its connection; an address where this many peer ids were convicted is
+# banned whole (a liar that reconnects under a new peer id).
+CONVICTIONS_TO_BAN_ADDRESS = 2
 
 
 class PeerSet:
@@ -49,7 +53,8 @@ class PeerSet:
         self.events = events
         self.peers: dict[Address, Peer] = {}
         self.known: dict[Address, float] = {}  # address -> not before (engine clock)
-        self.banned: set[str] = set()
+        self.banned: set[str] = set()  # addresses banned whole
+        self.banned_peers: set[tuple[str, bytes]] = set()  # (IP, peer id)
         self.pending: set[Address] = set()
         self.active = False  # dialling and accepting only while downloading or seeding
         self._dials = Supervisor(f"{meta.name} dials", self._dial_failed)
@@ -107,7 +112,7 @@ class PeerSet:
         """An incoming connection whose handshake named this torrent."""
         ip = link.address[0]
         settings = self.services.settings
-        if not self.active or ip in self.banned:
+        if not self.active or ip in self.banned or (ip, link.handshake.peer_id) in self.banned_peers:
             link.writer.close()
             return
         if sum(1 for a in self.peers if a[0] == ip) >= settings.max_connections_per_ip:
@@ -140,6 +145,9 @@ class PeerSet:
 
     def _attach(self, link: PeerLink, conn: PeerConnection) -> None:
         addr = link.address
+        if (addr[0], link.handshake.peer_id) in self.banned_peers:
+            link.writer.close()  # a convicted peer, dialled at an address it had not used
+            return
         if any(p.peer_id == link.handshake.peer_id for p in self.peers.values()) or addr in self.peers:
             log.debug("%s: already connected to %s", self.meta.name, addr)
             link.writer.close()
@@ -166,15 +174,19 @@ class PeerSet:
         self.events.emit(PeerDisconnected(at=self.clock.now(), peer=peer.address, reason=peer.close_reason))
         return True
 
-    def ban(self, ip: str, why: str) -> None:
-        if ip in self.banned:
+    def ban(self, peer: tuple[str, bytes], why: str) -> None:
+        ip, peer_id = peer
+        if ip in self.banned or peer in self.banned_peers:
             return
-        log.warning("%s: banning %s: %s", self.meta.name, ip, why)
-        self.banned.add(ip)
+        self.banned_peers.add(peer)
+        whole = sum(1 for other_ip, _ in self.banned_peers if other_ip == ip) >= CONVICTIONS_TO_BAN_ADDRESS
+        if whole:
+            self.banned.add(ip)
+        log.warning("%s: banning %s%s: %s", self.meta.name, ip, "" if whole else f" ({peer_id!r})", why)
         for p in list(self.peers.values()):
-            if p.address[0] == ip:
+            if p.address[0] == ip and (whole or p.peer_id == peer_id):
                 self.close(p, f"banned: {why}")
-        self.events.emit(PeerBanned(at=self.clock.now(), ip=ip, reason=why))
+        self.events.emit(PeerBanned(at=self.clock.now(), ip=ip, peer_id=None if whole else peer_id, reason=why))
 
     def stop(self, reason: str) -> None:
         """Cancel dials in progress and close every peer."""

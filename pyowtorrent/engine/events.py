@@ -92,7 +92,10 @@ class PeerDisconnected(TorrentEvent):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PeerBanned(TorrentEvent):
+    """A peer proven to have sent bad data.  ``peer_id`` is the one banned at ``ip``; ``None``: all of ``ip``."""
+
     ip: str
+    peer_id: bytes | None
     reason: str
 
 

@@ -21,6 +21,8 @@ from ..storage.base import PieceStore
 from ..strategy.smartban import SmartBan
 from .services import Disk
 
+PeerIdentity = tuple[str, bytes]  # (IP, peer id): what smart ban convicts
+
 log = logging.getLogger(__name__)
 
 __all__ = ["PieceAssembler", "PieceResults"]
@@ -38,7 +40,7 @@ class PieceResults(Protocol):
 
     def storage_failed(self, index: int, error: StorageError) -> None: ...
 
-    def ban(self, ip: str, reason: str) -> None: ...
+    def ban(self, peer: PeerIdentity, reason: str) -> None: ...
 
 
 class PieceAssembler:
@@ -47,15 +49,15 @@ class PieceAssembler:
         self.storage = storage
         self.disk = disk
         self.results = results
-        self.smart_ban = SmartBan()
+        self.smart_ban: SmartBan[PeerIdentity] = SmartBan()
         self._buffers: dict[int, memoryview] = {}
         self._spare: list[mmap.mmap] = []
-        self._senders: dict[int, dict[int, str]] = {}  # piece -> block offset -> sender's IP
+        self._senders: dict[int, dict[int, PeerIdentity]] = {}  # piece -> block offset -> sender
         # Hash-and-write jobs run to the end even through a pause: cancelling
         # one would leave its piece neither had nor wanted.
         self.jobs: set[asyncio.Task[Any]] = set()
 
-    def add_block(self, index: int, begin: int, data: bytes | memoryview, sender: str) -> None:
+    def add_block(self, index: int, begin: int, data: bytes | memoryview, sender: PeerIdentity) -> None:
         buf = self._buffers.get(index)
         if buf is None:
             buf = self._buffers[index] = self._take_buffer(index)
@@ -88,8 +90,8 @@ class PieceAssembler:
             else:
                 bans = self.smart_ban.piece_failed(index, buf, senders)
                 self.results.piece_failed(index)
-            for ip, reason in bans:
-                self.results.ban(ip, reason)
+            for sender, reason in bans:
+                self.results.ban(sender, reason)
         finally:
             self._give_back(buf)
 

@@ -119,7 +119,7 @@ class Swarm:
             return  # a late duplicate (end-game), or a piece we have
         self.downloaded_bytes += len(data)
         self.download_meter.add(len(data))
-        self.assembler.add_block(block.index, block.begin, data, peer.address[0])
+        self.assembler.add_block(block.index, block.begin, data, (peer.address[0], peer.peer_id))
         complete, others = self.picker.on_block_received(peer, block)
         for other in others:
             if isinstance(other, Peer):

@@ -105,7 +105,13 @@ class Torrent:
 
     @property
     def banned(self) -> set[str]:
+        """Addresses banned whole (two peers convicted there)."""
         return self.swarm.connections.banned
+
+    @property
+    def banned_peers(self) -> set[tuple[str, bytes]]:
+        """(IP, peer id) of every peer convicted of sending bad data."""
+        return self.swarm.connections.banned_peers
 
     @property
     def uploaded_bytes(self) -> int:
@@ -310,8 +316,8 @@ class Torrent:
         self.picker.on_piece_failed(index)
         self._fail(f"cannot save piece {index}: {error}")
 
-    def ban(self, ip: str, reason: str) -> None:
-        self.swarm.connections.ban(ip, reason)
+    def ban(self, peer: tuple[str, bytes], reason: str) -> None:
+        self.swarm.connections.ban(peer, reason)
 
     def _count_had(self, index: int) -> None:
         if self.priorities[index] > 0:

@@ -11,7 +11,8 @@ the oldest forgotten first.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from typing import Generic, TypeVar
 
 from ..metainfo.layout import BLOCK_SIZE
 
@@ -22,16 +23,17 @@ MAX_SOLE_HASH_FAILURES = 2
 MAX_EVIDENCE_PIECES = 256
 
 Buffer = bytes | bytearray | memoryview
+Sender = TypeVar("Sender", bound=Hashable)  # whoever sent a block, as the caller identifies peers
 
 
-class SmartBan:
+class SmartBan(Generic[Sender]):
     def __init__(self, max_pieces: int = MAX_EVIDENCE_PIECES, max_sole_failures: int = MAX_SOLE_HASH_FAILURES) -> None:
         self.max_pieces = max_pieces
         self.max_sole_failures = max_sole_failures
-        self._evidence: dict[int, list[tuple[int, bytes, str]]] = {}  # piece -> (begin, sha1, sender)
-        self._sole_failures: dict[str, int] = {}
+        self._evidence: dict[int, list[tuple[int, bytes, Sender]]] = {}  # piece -> (begin, sha1, sender)
+        self._sole_failures: dict[Sender, int] = {}
 
-    def piece_failed(self, index: int, data: Buffer, senders: Mapping[int, str]) -> list[tuple[str, str]]:
+    def piece_failed(self, index: int, data: Buffer, senders: Mapping[int, Sender]) -> list[tuple[Sender, str]]:
         """Remember who sent which block of a failed piece; the ``(sender, reason)`` to ban now."""
         if index not in self._evidence and len(self._evidence) >= self.max_pieces:
             self._evidence.pop(next(iter(self._evidence)))
@@ -47,9 +49,9 @@ class SmartBan:
             return [(sender, f"sent {n} pieces that failed their hash check")]
         return []
 
-    def piece_passed(self, index: int, good: Buffer) -> list[tuple[str, str]]:
+    def piece_passed(self, index: int, good: Buffer) -> list[tuple[Sender, str]]:
         """The ``(sender, reason)`` of every remembered block of ``index`` that differs from ``good``."""
-        out: list[tuple[str, str]] = []
+        out: list[tuple[Sender, str]] = []
         for begin, digest, sender in self._evidence.pop(index, ()):
             if _block_digest(good, begin) != digest and all(s != sender for s, _ in out):
                 out.append((sender, f"sent a corrupt block of piece {index}"))

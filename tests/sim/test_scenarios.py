@@ -160,7 +160,7 @@ def test_a_liar_among_twenty_peers_is_banned_and_everyone_else_completes() -> No
     assert failed, "the liar's blocks reached nobody: the scenario tested nothing"
     assert banned == {liar_ip}
     # Everyone the liar fed a bad piece found it out.
-    assert all(liar_ip in p.torrent.banned for p in failed)
+    assert all(any(ip == liar_ip for ip, _ in p.torrent.banned_peers) for p in failed)
 
 
 # -- a slow leecher and the others' end-game ----------------------------------------------
