@@ -27,6 +27,8 @@ from pyowtorrent.service.holdings import holder_of
 from pyowtorrent.service.swarms import Refusal, SwarmRegistry
 from pyowtorrent.service.tracker import Tracker
 
+from .test_tracker_server import FakeClock, peer_id
+
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 REAL = b"R" * 20  # the real swarm's info-hash
 ATTACKER = "127.0.66.6"
@@ -36,16 +38,6 @@ def honest(n: int) -> str:
     return f"127.0.1.{n}"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def peer_id(n: int) -> bytes:
-    return b"-PY0100-" + f"{n:012d}".encode()
 
 
 def info_hash(n: int) -> bytes:
