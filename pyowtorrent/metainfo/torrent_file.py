@@ -15,7 +15,7 @@ from typing import Any
 
 from .bencoding import Bencached, decode_dict_with_spans, encode
 from ..errors import BencodeError, MetainfoError
-from .layout import FileEntry, Layout
+from .layout import BLOCK_SIZE, FileEntry, Layout
 from .paths import decode_text, resolve_duplicates, sanitize_element, sanitize_name
 from .urls import ANNOUNCE_SCHEMES, is_tracker_url
 
@@ -205,7 +205,7 @@ def parse_metainfo(data: bytes) -> Metainfo:
     piece_length = info.get(b"piece length")
     if type(piece_length) is not int or not 0 < piece_length <= MAX_PIECE_LENGTH:
         raise MetainfoError(f"missing or invalid 'piece length' (must be an integer in 1..{MAX_PIECE_LENGTH})")
-    if v2 and (piece_length < 16384 or piece_length & (piece_length - 1)):
+    if v2 and (piece_length < BLOCK_SIZE or piece_length & (piece_length - 1)):
         raise MetainfoError("'piece length' of a hybrid torrent must be a power of two of at least 16 KiB")
 
     multi_file = isinstance(info.get(b"files"), list)

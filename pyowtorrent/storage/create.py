@@ -11,7 +11,7 @@ from .._version import __version__
 from ..metainfo.bencoding import Bencached, encode
 from ..errors import MetainfoError, StorageError
 from .hasher import Progress, hash_pieces
-from ..metainfo.layout import FileEntry, Layout
+from ..metainfo.layout import BLOCK_SIZE, FileEntry, Layout
 from ..metainfo.torrent_file import MAX_PIECE_LENGTH, Metainfo, is_tracker_url, parse_metainfo
 
 __all__ = ["auto_piece_length", "create_torrent", "list_files"]
@@ -104,7 +104,7 @@ def create_torrent(
         raise StorageError(f"{root}: nothing to share (no data in it)")
     if piece_length is None:
         piece_length = auto_piece_length(total)
-    elif not 16384 <= piece_length <= MAX_PIECE_LENGTH or piece_length & (piece_length - 1):
+    elif not BLOCK_SIZE <= piece_length <= MAX_PIECE_LENGTH or piece_length & (piece_length - 1):
         raise ValueError(f"piece length {piece_length} must be a power of two from 16 KiB")
     tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
     tiers = [t for t in tiers if t]
