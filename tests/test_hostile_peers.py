@@ -12,6 +12,7 @@ import pytest
 
 from pyowtorrent.engine.events import PeerDisconnected, TorrentState
 from pyowtorrent.engine.session import MAX_PENDING_HANDSHAKES, Session
+from pyowtorrent.wire import events as ev
 
 from .engine_util import make_torrent, same_tree, until
 from .hostile import Attacker
@@ -120,6 +121,8 @@ FLOODS = {
     ),
     "repeated haves": (lambda meta: (_message(HAVE, struct.pack(">I", 0)) for _ in range(FLOOD)), "flooding"),
     "keep-alives": (lambda meta: (b"\0\0\0\0" for _ in range(FLOOD)), "flooding"),
+    # Each choke/unchoke makes us drop and re-send our requests, or look for blocks to ask.
+    "choke and unchoke": (lambda meta: (b"\0\0\0\x01\x01\0\0\0\x01\x00" for _ in range(FLOOD)), "flooding"),
 }
 
 
@@ -258,5 +261,48 @@ def test_a_resume_file_too_deeply_nested_to_read_counts_as_absent(tmp_path: Path
         async with lo_session() as s:
             t = await s.add_torrent(meta, seed_dir)
             assert t.state is TorrentState.SEEDING and t.status().checked_bytes == meta.total_length
+
+    asyncio.run(main())
+
+
+def test_peers_that_never_read_are_really_disconnected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropping a peer that reads nothing must close its socket: a gentle close would wait for the
+    unread buffer to drain forever, keeping the socket, the peer and its task."""
+    import socket
+
+    from pyowtorrent.engine import conduct
+
+    monkeypatch.setattr(conduct, "UPLOAD_DEAD", 3.0)  # the rule under test, without its 60 s wait
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 12_000_000}, piece_length=262144)
+
+    async def main() -> None:
+        async with lo_session() as s:
+            t = await s.add_torrent(meta, seed_dir)
+            gone: list[PeerDisconnected] = []
+            t.add_listener(lambda e: gone.append(e) if isinstance(e, PeerDisconnected) else None)
+            attackers = []
+            for _ in range(3):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing anyway
+                sock.connect(("127.0.0.1", s.listen_port))
+                sock.setblocking(False)
+                a = Attacker(meta)
+                a.reader, a.writer = await asyncio.open_connection(sock=sock)
+                a.writer.write(a.conn.handshake_bytes())
+                a.events += a.conn.receive_data(await a.reader.readexactly(68))
+                a.send(ev.HaveNone(), ev.Interested())
+                attackers.append(a)
+            await until(lambda: len(t.peers) == 3 and all(not p.am_choking for p in t.peers.values()), what="unchokes")
+            peers = list(t.peers.values())
+            blocks = [ev.Request(i, b, 16384) for i in range(meta.num_pieces) for b in range(0, meta.piece_length, 16384)]
+            for a in attackers:
+                a.send(*blocks[:500])  # 8 MB asked for, none of it read
+            await until(lambda: len(gone) == 3, timeout=30, what="the non-readers to be dropped")
+            assert all("stopped reading" in e.reason for e in gone)
+            for p in peers:
+                assert p.writer.transport.get_extra_info("socket").fileno() == -1  # closed, not lingering
+            await until(lambda: not t.swarm.connections._runs.tasks, what="their tasks to end")
+            for a in attackers:
+                a.close()
 
     asyncio.run(main())

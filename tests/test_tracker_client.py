@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pyowtorrent.errors import TrackerError
+from pyowtorrent.engine.events import TorrentState
 from pyowtorrent.engine.session import Session
 from pyowtorrent.engine.trackers import UdpTracker
 from pyowtorrent.tracker.http_codec import AnnounceRequest
@@ -178,6 +179,37 @@ def test_started_completed_and_stopped_reach_the_tracker(tmp_path: Path) -> None
                     )
                 # 'stopped' when the leecher's session closed.
                 assert len(tracker.peers(meta.info_hash)) == 1
+
+    asyncio.run(main())
+
+
+def test_stopped_reaches_the_tracker_when_a_paused_torrent_is_closed(tmp_path: Path) -> None:
+    """pause() sends 'stopped'; closing the session right after must not cancel it."""
+
+    async def main() -> None:
+        async with Tracker() as tracker:
+            meta, seed_dir = torrent_with(tmp_path, [tracker.announce_url("127.0.0.1")])
+            async with Session(listen="127.0.0.1") as s:
+                t = await s.add_torrent(meta, seed_dir)
+                await until(lambda: len(tracker.peers(meta.info_hash)) == 1, what="started")
+                t.pause()
+            assert tracker.peers(meta.info_hash) == []
+
+    asyncio.run(main())
+
+
+def test_an_unusable_tracker_url_fails_that_tracker_not_the_torrent(tmp_path: Path) -> None:
+    """URLs that pass the torrent's rules but cannot be used (a port out of range, a bad bracketed
+    host) are a tracker error shown in the status; the torrent seeds on."""
+    urls = ["udp://127.0.0.1:99999/announce", "udp://[zz]:80/announce", "http://127.0.0.1:99999/announce"]
+
+    async def main() -> None:
+        meta, seed_dir = torrent_with(tmp_path, [])
+        async with Session(listen="127.0.0.1", udp_retransmit_base=0.2) as s:
+            t = await s.add_torrent(meta, seed_dir, trackers=[[u] for u in urls])
+            await until(lambda: all(tr.last_error for tr in t.status().trackers), what="every tracker to fail")
+            assert t.state is TorrentState.SEEDING and t.error is None
+            assert sorted(tr.url for tr in t.status().trackers) == sorted(urls)
 
     asyncio.run(main())
 

@@ -56,6 +56,7 @@ class PeerSet:
         self.banned: set[str] = set()  # addresses banned whole
         self.banned_peers: set[tuple[str, bytes]] = set()  # (IP, peer id)
         self.pending: set[Address] = set()
+        self.leaving: set[Address] = set()  # closed by us, its close still under way
         self.active = False  # dialling and accepting only while downloading or seeding
         self._dials = Supervisor(f"{meta.name} dials", self._dial_failed)
         self._runs = Supervisor(f"{meta.name} peers", self._peer_failed)
@@ -83,6 +84,9 @@ class PeerSet:
             if len(self.peers) + len(self.pending) >= limit or not self.services.budget.can_connect():
                 return
             if addr in self.peers or addr in self.pending or addr[0] in self.banned or not_before > now:
+                continue
+            if self.services.dialer.is_self(addr):
+                del self.known[addr]  # our own listen address, found by dialling it once
                 continue
             self.pending.add(addr)
             self._dials.spawn(self._dial(addr), f"dial {addr}")
@@ -119,7 +123,7 @@ class PeerSet:
             log.debug("%s: %s already holds %d connections", self.meta.name, ip, settings.max_connections_per_ip)
             link.writer.close()
             return
-        if len(self.peers) >= settings.max_connections_per_torrent:
+        if len(self.peers) - len(self.leaving) >= settings.max_connections_per_torrent:
             victim = self._useless_peer()
             if victim is None:
                 link.writer.close()
@@ -135,7 +139,10 @@ class PeerSet:
         useless = [
             p
             for p in self.peers.values()
-            if not p.am_interested and not p.peer_interested and now - p.connected_at > EVICTION_GRACE
+            if not p.am_interested
+            and not p.peer_interested
+            and now - p.connected_at > EVICTION_GRACE
+            and p.address not in self.leaving
         ]
         return min(useless, key=lambda p: p.connected_at, default=None)
 
@@ -145,7 +152,7 @@ class PeerSet:
 
     def _attach(self, link: PeerLink, conn: PeerConnection) -> None:
         addr = link.address
-        if (addr[0], link.handshake.peer_id) in self.banned_peers:
+        if addr[0] in self.banned or (addr[0], link.handshake.peer_id) in self.banned_peers:
             link.writer.close()  # a convicted peer, dialled at an address it had not used
             return
         if any(p.peer_id == link.handshake.peer_id for p in self.peers.values()) or addr in self.peers:
@@ -169,6 +176,7 @@ class PeerSet:
         if self.peers.get(peer.address) is not peer:
             return False
         del self.peers[peer.address]
+        self.leaving.discard(peer.address)
         if peer.outgoing:
             self.known[peer.address] = self.clock.now() + self.services.settings.reconnect_delay
         self.events.emit(PeerDisconnected(at=self.clock.now(), peer=peer.address, reason=peer.close_reason))
@@ -196,6 +204,7 @@ class PeerSet:
             self.close(p, reason)
 
     def close(self, peer: Peer, reason: str) -> None:
+        self.leaving.add(peer.address)
         self._runs.spawn(peer.close(reason), f"close {peer.address}")
 
     async def wait_closed(self) -> None:

@@ -202,12 +202,15 @@ class Peer:
                 if not data:
                     self.close_reason = self.close_reason or "peer closed the connection"
                     break
+                if self.closed.is_set():
+                    break  # closed while this read waited (a ban, an eviction): what it says no longer counts
                 self.last_received = self.clock.now()
                 self._handle(self.conn.receive_data(data))
                 if self.writer.transport.get_write_buffer_size() > 4 * MAX_READ:
                     await self.writer.drain()
         except RemoteProtocolError as exc:
-            self._handle(exc.events)  # what the peer said before it broke the rules still counts
+            if not self.closed.is_set():
+                self._handle(exc.events)  # what the peer said before it broke the rules still counts
             self.close_reason = f"protocol violation: {exc}"
             log.info("%r: %s", self, self.close_reason)
         except (ConnectionError, OSError) as exc:
@@ -230,7 +233,12 @@ class Peer:
             if t is not asyncio.current_task():
                 t.cancel()
         try:
-            self.writer.close()
+            if self.writer.transport.get_write_buffer_size():
+                # A peer that does not read would keep a gentle close (and its
+                # socket, and us) waiting for the buffer to drain forever.
+                self.writer.transport.abort()
+            else:
+                self.writer.close()
         except Exception:  # the transport may already be gone
             pass
         self.host.peer_closed(self)
@@ -254,12 +262,17 @@ class Peer:
             elif type(e) is ev.Request:
                 self._on_request(e)
             elif type(e) is ev.Unchoke:
-                host.fill_requests(self)
+                # Choke and interest changes cost us work (a refill, a rechoke): a
+                # real peer makes a few a minute, a flapping one is cut off.
+                self.conduct.idle_message("choke and unchoke")
+                self._refill = True
             elif type(e) is ev.Choke:
+                self.conduct.idle_message("choke and unchoke")
                 if not self.fast:
                     # Without BEP 6 a choke silently drops our requests.
                     self._drop_outstanding()
             elif type(e) is ev.Interested or type(e) is ev.NotInterested:
+                self.conduct.idle_message("interest")
                 host.on_peer_interest(self)
             elif type(e) is ev.Bitfield:
                 self.have = bitfield_flags(e.bits, self.num_pieces)

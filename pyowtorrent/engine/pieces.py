@@ -56,6 +56,7 @@ class PieceAssembler:
         # Hash-and-write jobs run to the end even through a pause: cancelling
         # one would leave its piece neither had nor wanted.
         self.jobs: set[asyncio.Task[Any]] = set()
+        self.closed = False
 
     def add_block(self, index: int, begin: int, data: bytes | memoryview, sender: PeerIdentity) -> None:
         buf = self._buffers.get(index)
@@ -66,13 +67,16 @@ class PieceAssembler:
 
     def finish(self, index: int) -> None:
         """Every block of ``index`` is in: hash it and, if good, write it (off the loop)."""
+        if self.closed:
+            return  # stopping: a piece completed now is one in flight, and lost
         job = asyncio.get_running_loop().create_task(self._finish(index), name=f"piece {index}")
         self.jobs.add(job)
         job.add_done_callback(self.jobs.discard)
 
-    async def drain(self) -> None:
-        """Wait for the pieces being hashed and written."""
-        if self.jobs:
+    async def close(self) -> None:
+        """Finish the pieces being hashed and written; take no more."""
+        self.closed = True
+        while self.jobs:
             await asyncio.wait(list(self.jobs))
 
     async def _finish(self, index: int) -> None:

@@ -99,6 +99,10 @@ class Dialer(Protocol):
         """
         ...
 
+    def is_self(self, address: Address) -> bool:
+        """Whether ``address`` turned out to be one of our own listen addresses."""
+        ...
+
 
 class ConnectionBudget(Protocol):
     def can_connect(self) -> bool:

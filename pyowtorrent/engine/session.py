@@ -233,6 +233,9 @@ class Session:
 
     # -- Dialer: outgoing connections -------------------------------------------------
 
+    def is_self(self, address: Address) -> bool:
+        return address in self.own_addresses
+
     async def dial(self, address: Address, conn: PeerConnection) -> PeerLink | None:
         if address in self.own_addresses:
             return None

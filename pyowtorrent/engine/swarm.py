@@ -154,6 +154,8 @@ class Swarm:
             self.picker.peer_lost(peer.have)
         if not peer.am_choking:
             self.rechoke()
+        if peer.outstanding:
+            self.refill_all()  # its blocks are free again: others may take them now
 
     # -- requests and interest ---------------------------------------------------
 
@@ -183,6 +185,17 @@ class Swarm:
     def refill_all(self) -> None:
         for p in list(self.peers.values()):
             self.fill_requests(p)
+
+    def refill_idle(self) -> None:
+        """Ask again the peers we want from that have nothing of ours outstanding.
+
+        Blocks come back to the picker when another peer goes, rejects or times
+        out; a peer that found nothing to take before may find them now, though
+        it says nothing that would make us ask (a partial seed sends no haves).
+        """
+        for p in list(self.peers.values()):
+            if not p.outstanding:
+                self.fill_requests(p)
 
     def announce_piece(self, index: int) -> None:
         for p in list(self.peers.values()):

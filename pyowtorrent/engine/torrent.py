@@ -82,6 +82,9 @@ class Torrent:
             meta, services, self.picker, self.priorities, storage, self.assembler, self.bus, self._done_is_set, self._fail
         )
         self._tasks = Supervisor(meta.name, self._task_failed)
+        self._stop_announce = Supervisor(f"{meta.name} stopped announce")
+        self._resume_writes = Supervisor(f"{meta.name} resume data")
+        self._stopping = False
         self._done = asyncio.Event()
         self._errored = asyncio.Event()
         self._resume_dirty = False
@@ -196,6 +199,8 @@ class Torrent:
         except (StorageError, OSError) as exc:
             self._fail(f"checking files failed: {exc}")
             return
+        if self._stopping:
+            return  # removed (or its session closed) while checking
         for i, v in enumerate(have):
             if v:
                 self.picker.we_have(i)
@@ -223,8 +228,12 @@ class Torrent:
         self.swarm.connections.active = True
         self._tasks.spawn(self._tick(), f"{self.meta.name} tick")
         if self.announcer is not None:
-            self._tasks.spawn(self.announcer.run(), f"{self.meta.name} announce")
+            self._tasks.spawn(self._announce(self.announcer), f"{self.meta.name} announce")
         self.swarm.connections.connect_more()
+
+    async def _announce(self, announcer: Announcer) -> None:
+        await self._stop_announce.wait()  # a pause's 'stopped' goes out before a resume's 'started'
+        await announcer.run()
 
     def _enter_trading_state(self) -> None:
         if self.picker.is_finished():
@@ -239,7 +248,8 @@ class Torrent:
         self._tasks.cancel()
         self.swarm.connections.stop("paused")
         if self.announcer is not None:
-            self._tasks.spawn(self.announcer.stop(), f"{self.meta.name} stopped announce")
+            # Not one of the torrent's tasks: a stop right after must still let it reach the tracker.
+            self._stop_announce.spawn(self.announcer.stop(), f"{self.meta.name} stopped announce")
         self._save_resume()
         self._set_state(TorrentState.PAUSED)
 
@@ -251,17 +261,21 @@ class Torrent:
 
     async def stop(self) -> None:
         """Disconnect everything and save resume data (the session calls this on close)."""
+        self._stopping = True
         self._tasks.cancel()
         if self.announcer is not None and self.state in TRADING:
             await self.announcer.stop()
+        await self._stop_announce.wait()
         self.swarm.connections.stop("shutting down")
-        await self.assembler.drain()  # pieces being written are kept
         try:
             async with self.clock.timeout(CLOSE_TIMEOUT):
                 await self.swarm.connections.wait_closed()
         except TimeoutError:
             log.warning("%s: peers still closing after %g s", self.meta.name, CLOSE_TIMEOUT)
+        # No peer can complete a piece now: finish those being hashed and written, then take no more.
+        await self.assembler.close()
         self._save_resume()
+        await self._resume_writes.wait()
         self.storage.close()
         if self.state is not TorrentState.ERROR:
             self._set_state(TorrentState.STOPPED)
@@ -301,7 +315,8 @@ class Torrent:
         if self.picker.is_finished() and not self._done.is_set():
             self._done.set()
             self._save_resume()
-            self._set_state(TorrentState.SEEDING)
+            if self.state in TRADING:  # paused: resume() will find it finished
+                self._set_state(TorrentState.SEEDING)
             self.bus.emit(Completed(at=self.clock.now()))
             if self.announcer is not None:
                 self.announcer.completed()
@@ -336,6 +351,7 @@ class Torrent:
                     p.send(ev.KeepAlive())
                 if now - p.last_received > IDLE_TIMEOUT:
                     self.swarm.connections.close(p, "idle")
+            self.swarm.refill_idle()
             if now >= self.swarm.choker.next_rechoke():
                 self.swarm.rechoke()
             if now >= next_resume:
@@ -354,14 +370,21 @@ class Torrent:
         )
 
     def _save_resume(self) -> None:
+        """Save which pieces we have, off the loop (the files' stamps and an fsync are disk work)."""
         if self.resume_path is None or not self._resume_dirty or self.state is TorrentState.CHECKING:
             return
         have = bytearray(1 if self.picker.has(i) else 0 for i in range(self.meta.num_pieces))
-        data = ResumeData(self.meta.info_hash, have, self.storage.file_stamps())
+        self._resume_dirty = False
+        self._resume_writes.spawn(self._write_resume(self.resume_path, have), f"{self.meta.name} resume")
+
+    async def _write_resume(self, path: Path, have: bytearray) -> None:
+        def write() -> None:
+            write_atomically(path, ResumeData(self.meta.info_hash, have, self.storage.file_stamps()).to_json())
+
         try:
-            write_atomically(self.resume_path, data.to_json())
-            self._resume_dirty = False
+            await self.services.disk.run(write)
         except OSError as exc:
+            self._resume_dirty = True
             log.warning("%s: cannot save resume data: %s", self.meta.name, exc)
 
 

@@ -84,6 +84,8 @@ class HttpTracker:
                 body: bytes = await resp.content.read(MAX_RESPONSE_BYTES + 1)
         except aiohttp.ClientError as exc:
             raise TrackerError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
+        except ValueError as exc:  # a URL yarl or aiohttp cannot use (a port out of range, a bad host)
+            raise TrackerError(f"{self.url}: not a usable tracker URL: {exc}") from None
         except asyncio.TimeoutError:
             raise TrackerError(f"{self.url}: no answer within {self._timeout:g} s") from None
         if len(body) > MAX_RESPONSE_BYTES:
@@ -126,10 +128,14 @@ class UdpTracker:
     ) -> None:
         self.url = url
         self.clock = clock or LoopClock()
-        parts = urlsplit(url)
-        if parts.scheme != "udp" or not parts.hostname or not parts.port:
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises for a port out of range
+        except ValueError as exc:
+            raise TrackerError(f"{url}: not a usable tracker URL: {exc}") from None
+        if parts.scheme != "udp" or not parts.hostname or not port:
             raise TrackerError(f"{url}: not a udp://HOST:PORT tracker URL")
-        self.host, self.port = parts.hostname, parts.port
+        self.host, self.port = parts.hostname, port
         self.retransmit_base = retransmit_base
         self.max_tries = max_tries
         self._connection: tuple[int, float] | None = None  # id, when received

@@ -95,6 +95,9 @@ def test_peers_that_never_read_lose_their_upload_slots_then_their_connections() 
     assert unchoked_later and not any(unchoked_later)  # from 30 s on, none of them held a slot
     gone = [e for e in sim.peers["seed"].events if isinstance(e, PeerDisconnected) and e.peer[0] in readers_ips]
     assert len(gone) == 4 and all("stopped reading" in e.reason for e in gone)
+    assert sim.net is not None
+    # Really gone: a gentle close would wait forever for them to read what is queued.
+    assert all(sim.net.host(ip).connections == 0 for ip in readers_ips)
 
 
 def test_a_seeder_that_rejects_every_request_is_not_asked_forever() -> None:
@@ -134,3 +137,55 @@ def test_a_seeder_that_rejects_every_request_is_not_asked_forever() -> None:
     sim = simulate(16 * MiB, specs, until=600.0, monitors=[reject_everything, tell_leecher])
     assert_all_complete_byte_exact(sim)
     assert 0 < asked[0] < 500
+
+
+def test_blocks_a_rejecting_peer_gives_back_go_to_an_idle_honest_peer() -> None:
+    """C holds every request for pieces 0-31 and then rejects them all; H, honest, has the same pieces
+    but connected while C held them, so it was asked for nothing; D has the rest.  Once C's blocks come
+    back, H must be asked (it sends nothing that would prompt us: a partial seed sends no haves)."""
+    from pyowtorrent.wire.bitfield import bitfield_bytes
+
+    asked = {"C": 0, "H": 0, "D": 0}
+    release = asyncio.Event()
+
+    async def fake(sim: SwarmSim, name: str, ip: str, pieces: range, reject: bool) -> None:
+        assert sim.net is not None
+        host = sim.net.add_host(ip, up=10e6, down=10e6)
+        a = Attacker(sim.meta, host.network)
+        await a.connect((sim.peers["leech"].host.ip, PORT))
+        a.send(ev.Bitfield(bitfield_bytes([i in pieces for i in range(sim.meta.num_pieces)])), ev.Unchoke())
+        while await a.read():
+            requests = [e for e in a.events if isinstance(e, ev.Request)]
+            a.events.clear()
+            asked[name] += len(requests)
+            if reject:
+                await release.wait()
+                a.send(*(ev.Reject(r.index, r.begin, r.length) for r in requests))
+            else:
+                a.send(*(ev.Piece(r.index, r.begin, sim.payload[r.index * sim.meta.piece_length + r.begin :][: r.length]) for r in requests))
+
+    async def scenario(sim: SwarmSim) -> None:
+        await until_joined(sim, "leech")
+        n = sim.meta.num_pieces
+        tasks = [asyncio.ensure_future(fake(sim, "C", "10.99.0.1", range(32), reject=True))]
+        await asyncio.sleep(0.3)
+        tasks.append(asyncio.ensure_future(fake(sim, "H", "10.99.0.2", range(32), reject=False)))
+        await asyncio.sleep(0.3)
+        tasks.append(asyncio.ensure_future(fake(sim, "D", "10.99.0.3", range(32, n), reject=False)))
+        await asyncio.sleep(0.5)
+        release.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    from pyowtorrent.sim import make_payload, metainfo_for_bytes, run_virtual
+
+    payload = make_payload(40 * 16384, seed=40)
+    meta = metainfo_for_bytes("x", payload, 16384)
+
+    async def main() -> SwarmSim:
+        sim = SwarmSim(meta, payload, seed=1)
+        await sim.run([PeerSpec("leech", up=10e6, down=10e6)], until=60.0, monitors=[scenario])
+        return sim
+
+    sim = run_virtual(main(), seed=1)
+    assert_all_complete_byte_exact(sim)
+    assert asked["H"] > 0
