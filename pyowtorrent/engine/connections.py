@@ -155,7 +155,11 @@ class PeerSet:
         if addr[0] in self.banned or (addr[0], link.handshake.peer_id) in self.banned_peers:
             link.writer.close()  # a convicted peer, dialled at an address it had not used
             return
-        if any(p.peer_id == link.handshake.peer_id for p in self.peers.values()) or addr in self.peers:
+        # The same peer twice (both sides dialled): same address, same peer id.  Only
+        # with the address: peer ids are not authenticated, and one presented from
+        # another address must not lock the real peer out.
+        twin = any(p.peer_id == link.handshake.peer_id and p.address[0] == addr[0] for p in self.peers.values())
+        if twin or addr in self.peers:
             log.debug("%s: already connected to %s", self.meta.name, addr)
             link.writer.close()
             return

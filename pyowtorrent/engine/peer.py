@@ -209,10 +209,13 @@ class Peer:
                 if self.writer.transport.get_write_buffer_size() > 4 * MAX_READ:
                     await self.writer.drain()
         except RemoteProtocolError as exc:
-            if not self.closed.is_set():
-                self._handle(exc.events)  # what the peer said before it broke the rules still counts
             self.close_reason = f"protocol violation: {exc}"
             log.info("%r: %s", self, self.close_reason)
+            if not self.closed.is_set():
+                try:
+                    self._handle(exc.events)  # what the peer said before it broke the rules still counts
+                except PyowtorrentError:
+                    pass  # more misbehaviour from a peer that is going anyway
         except (ConnectionError, OSError) as exc:
             self.close_reason = self.close_reason or f"connection lost: {exc}"
         except PeerMisbehaved as exc:
