@@ -46,6 +46,7 @@ class Conduct:
         self._backoff = 0.0
         self.backoff_until = 0.0  # ask it for nothing before this (it kept rejecting)
         self._unsent = 0  # our bytes in its send buffer at the last look
+        self._sent = 0  # our bytes that had left the send buffer at the last look
         self._last_write_progress = clock.now()
 
     def request_while_choked(self) -> None:
@@ -74,6 +75,12 @@ class Conduct:
         self._rejects_in_a_row = 0
         self._backoff = 0.0
 
+    def unchoked_us(self) -> None:
+        """It lets us ask again: whatever it rejected while choking us is forgotten."""
+        self._rejects_in_a_row = 0
+        self._backoff = 0.0
+        self.backoff_until = 0.0
+
     def backoff_over(self, now: float) -> bool:
         """True once, when a pause in asking has run out."""
         if self.backoff_until and now >= self.backoff_until:
@@ -81,10 +88,13 @@ class Conduct:
             return True
         return False
 
-    def writes_seen(self, now: float, unsent: int) -> bool:
-        """Note how much of ours waits in its send buffer; true when it has read nothing for too long."""
-        if unsent == 0 or unsent < self._unsent:
+    def writes_seen(self, now: float, sent: int, unsent: int) -> bool:
+        """Note how much of ours has left the send buffer, and how much waits; true when it has
+        taken nothing for too long.  (A peer reading at its link's rate keeps the buffer at a
+        steady level: what counts is that bytes leave it, not that it shrinks.)"""
+        if unsent == 0 or sent > self._sent:
             self._last_write_progress = now
+        self._sent = sent
         self._unsent = unsent
         return now - self._last_write_progress > UPLOAD_DEAD
 

@@ -105,6 +105,7 @@ class Peer:
         # The peer's requests to us, in arrival order, found by key (a cancel is O(1)).
         self.incoming_requests: dict[RequestKey, ev.Request] = {}
         self.conduct = Conduct(clock)
+        self.bytes_written = 0  # all we ever handed the transport: less what it holds, what left
         self.downloaded = RateMeter(clock)
         self.uploaded = RateMeter(clock)
         self.connected_at = clock.now()
@@ -158,7 +159,9 @@ class Peer:
             # The connection is gone under us: writing on would only make asyncio warn, once per write.
             self._close_soon("connection lost")
             return
-        self.writer.write(self.conn.send(event))
+        data = self.conn.send(event)
+        self.writer.write(data)
+        self.bytes_written += len(data)
         self.last_sent = self.clock.now()
 
     def _close_soon(self, reason: str) -> None:
@@ -268,6 +271,7 @@ class Peer:
                 # Choke and interest changes cost us work (a refill, a rechoke): a
                 # real peer makes a few a minute, a flapping one is cut off.
                 self.conduct.idle_message("choke and unchoke")
+                self.conduct.unchoked_us()
                 self._refill = True
             elif type(e) is ev.Choke:
                 self.conduct.idle_message("choke and unchoke")
@@ -336,7 +340,9 @@ class Peer:
         if self.outstanding.pop(block, None) is None:
             return
         self.host.on_request_failed(self, block)
-        if self.conduct.rejected():
+        # BEP 6: a choke comes with a reject of everything asked; only a reject
+        # while it lets us ask is a refusal.
+        if not self.peer_choking and self.conduct.rejected():
             # It will not give us these: stop asking for a while rather than
             # trade requests for rejects as fast as the link allows.
             self.snubbed = True
@@ -356,7 +362,9 @@ class Peer:
         now = self.clock.now()
         for b in blocks:
             self.outstanding[b] = now
-        self.writer.write(b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks))
+        data = b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks)
+        self.writer.write(data)
+        self.bytes_written += len(data)
         self.last_sent = now
 
     def cancel(self, block: Block) -> None:
@@ -372,7 +380,8 @@ class Peer:
             self.host.fill_requests(self)
         if self.conduct.backoff_over(now):
             self.host.fill_requests(self)
-        if self.conduct.writes_seen(now, self.writer.transport.get_write_buffer_size()):
+        unsent = self.writer.transport.get_write_buffer_size()
+        if self.conduct.writes_seen(now, self.bytes_written - unsent, unsent):
             self._close_soon("stopped reading")
 
     # -- uploading -----------------------------------------------------------
