@@ -1,16 +1,17 @@
 #!/bin/sh
 # Install what the test suite needs on a fresh machine, then check and run it.
-#   - Debian's opentracker: a real tracker for the tracker tests (apt-get, when missing);
+#   - Debian's opentracker and aria2: a real tracker, and a real client other than
+#     libtorrent, for the interop tests (apt-get, when missing);
 #   - the package with its 'test' extra: pytest, xdist, hypothesis, the libtorrent wheel,
 #     import-linter and mypy;
 #   - then: imports go downward only (lint-imports), types check (mypy), the tests.
 set -eu
 cd "$(dirname "$0")/.."
-if ! command -v opentracker >/dev/null 2>&1; then
+if ! command -v opentracker >/dev/null 2>&1 || ! command -v aria2c >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opentracker
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opentracker aria2
 fi
 python -m pip install -q '.[test]'
 lint-imports --no-cache

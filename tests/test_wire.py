@@ -555,12 +555,17 @@ def test_a_bitfield_with_spare_bits_set_is_refused(spare: int) -> None:
     assert connected().receive_data(frame(5, b"\xff\xc0")) == [Bitfield(b"\xff\xc0")]
 
 
-@pytest.mark.parametrize("first", [frame(5, b"\0\0"), frame(14), frame(15)])
 @pytest.mark.parametrize(
-    "before", [frame(1), frame(2), frame(4, struct.pack(">I", 0)), frame(17, struct.pack(">I", 0)), frame(15)]
+    "later, event", [(frame(5, b"\xff\xc0"), Bitfield(b"\xff\xc0")), (frame(14), HaveAll()), (frame(15), HaveNone())]
 )
-def test_bitfield_have_all_and_have_none_are_legal_only_as_the_first_message(first: bytes, before: bytes) -> None:
-    assert violation(connected(), before + first) is Violation.NOT_FIRST_MESSAGE
+@pytest.mark.parametrize(
+    "before", [frame(1), frame(2), frame(4, struct.pack(">I", 0)), frame(5, b"\x80\0"), frame(15)]
+)
+def test_a_later_bitfield_have_all_or_have_none_is_taken_as_an_update(before: bytes, later: bytes, event: object) -> None:
+    """aria2 sends a whole bitfield mid-connection, and a have all once it completes; libtorrent
+    takes them as updates, and so do we (a bitfield's length and spare bits are still checked)."""
+    assert connected().receive_data(before + later)[-1] == event
+    assert violation(connected(), before + frame(5, b"\xff\xc1")) is Violation.BITFIELD_SPARE_BITS
 
 
 def test_keep_alives_and_bep_10_and_port_messages_may_precede_the_bitfield() -> None:

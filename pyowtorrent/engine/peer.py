@@ -50,8 +50,9 @@ class PeerHost(Protocol):
 
     def have_piece(self, index: int) -> bool: ...
 
-    def on_peer_pieces(self, peer: Peer) -> None:
-        """The peer said which pieces it has (bitfield, have-all or have-none)."""
+    def on_peer_pieces(self, peer: Peer, previous: bytearray | None = None) -> None:
+        """The peer said which pieces it has (bitfield, have-all or have-none); ``previous``:
+        what it had said before, when a later bitfield replaces it."""
 
     def on_peer_have(self, peer: Peer, index: int) -> None: ...
 
@@ -282,15 +283,16 @@ class Peer:
                 self.conduct.idle_message("interest")
                 host.on_peer_interest(self)
             elif type(e) is ev.Bitfield:
+                previous = self.have if self.num_have else None
                 self.have = bitfield_flags(e.bits, self.num_pieces)
                 self.num_have = sum(self.have)
-                host.on_peer_pieces(self)
-            elif type(e) is ev.HaveAll:
-                self.have = bytearray(b"\x01") * self.num_pieces
-                self.num_have = self.num_pieces
-                host.on_peer_pieces(self)
-            elif type(e) is ev.HaveNone:
-                host.on_peer_pieces(self)
+                host.on_peer_pieces(self, previous)
+            elif type(e) is ev.HaveAll or type(e) is ev.HaveNone:
+                previous = self.have if self.num_have else None
+                full = type(e) is ev.HaveAll
+                self.have = bytearray(b"\x01" if full else b"\x00") * self.num_pieces
+                self.num_have = self.num_pieces if full else 0
+                host.on_peer_pieces(self, previous)
             elif type(e) is ev.Cancel:
                 if self.incoming_requests.pop((e.index, e.begin, e.length), None) is None:
                     self.conduct.idle_message("cancel")

@@ -87,7 +87,13 @@ class Swarm:
     def have_piece(self, index: int) -> bool:
         return self.picker.has(index)
 
-    def on_peer_pieces(self, peer: Peer) -> None:
+    def on_peer_pieces(self, peer: Peer, previous: bytearray | None = None) -> None:
+        # A later bitfield replaces what the peer said before: take that back first.
+        if peer.is_seed:
+            peer.is_seed = False
+            self.picker.peer_lost(None, is_seed=True)
+        elif previous is not None:
+            self.picker.peer_lost(previous)
         if peer.num_have == self.meta.num_pieces:
             peer.is_seed = True
             self.picker.peer_have_all()

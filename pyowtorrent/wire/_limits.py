@@ -21,7 +21,6 @@ BlockKey = tuple[int, int, int]  # index, begin, length
 
 # Plain ints on the hot path: comparing with an IntEnum member costs an attribute lookup.
 _PIECE, _BITFIELD, _EXTENDED = (int(m) for m in (MessageId.PIECE, MessageId.BITFIELD, MessageId.EXTENDED))
-_FIRST_IDS = frozenset(int(i) for i in (MessageId.BITFIELD, MessageId.HAVE_ALL, MessageId.HAVE_NONE))
 
 
 class Bounds:
@@ -94,12 +93,10 @@ class HeaderRules:
         self._num_pieces = bounds.num_pieces
         self._bitfield_length = bounds.bitfield_length
 
-    def check(self, msg_id: int, length: int, started: bool) -> None:
-        """Refuse message ``msg_id`` of ``length`` bytes (id included); ``started``: one came before."""
+    def check(self, msg_id: int, length: int) -> None:
+        """Refuse message ``msg_id`` of ``length`` bytes (id included)."""
         fixed = self._fixed_lengths.get(msg_id)
         if fixed is not None:
-            if msg_id in _FIRST_IDS and started:
-                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, f"{_name(msg_id)} after other messages")
             if length != fixed:
                 raise RemoteProtocolError(
                     Violation.WRONG_MESSAGE_LENGTH, f"{_name(msg_id)} of length {length}, not {fixed}"
@@ -112,8 +109,10 @@ class HeaderRules:
                     Violation.MESSAGE_TOO_LONG, f"a block of {length - 9} bytes, the limit is {self._max_block}"
                 )
         elif msg_id == _BITFIELD:
-            if started:
-                raise RemoteProtocolError(Violation.NOT_FIRST_MESSAGE, "bitfield after other messages")
+            # BEP 3 and 6 put the bitfield (and have all, have none) first only; aria2
+            # sends a whole new bitfield mid-connection instead of many haves, and a have
+            # all once it completes, and libtorrent takes them as updates: so do we.
+            # Only their sizes are ours to insist on.
             if length != 1 + self._bitfield_length:
                 raise RemoteProtocolError(
                     Violation.BITFIELD_WRONG_LENGTH,

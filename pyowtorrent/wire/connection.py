@@ -145,7 +145,6 @@ class PeerConnection:
         self._length: int | None = None  # length prefix of the message being received
         self._header_checked = False
         self._headers: HeaderRules | None = None  # set once the remote's handshake says what it speaks
-        self._remote_started = False  # a message other than _BEFORE_FIRST was received
         self._local_started = False  # ... or sent
         self._requests = RequestLedger()
         self._extensions = ExtensionIds()
@@ -300,7 +299,7 @@ class PeerConnection:
                     return
                 # Checked before the body arrives, so a bad header is refused
                 # without buffering up to the length it announces.
-                check_header(buf.peek_byte(), length, self._remote_started)
+                check_header(buf.peek_byte(), length)
                 self._header_checked = True
             if buf.size < length:
                 return
@@ -335,7 +334,6 @@ class PeerConnection:
         # Piece and extended messages are cut in two so that their payload
         # is copied once, straight out of the received chunks.
         if msg_id == _PIECE:
-            self._remote_started = True
             index, begin = _PIECE_HEAD.unpack(buf.take(9))
             block = buf.take(length - 9)
             if not self._requests.answer((index, begin, length - 9)):
@@ -346,8 +344,6 @@ class PeerConnection:
         if msg_id == _EXTENDED:
             ext_id = buf.take(2)[1]
             return self._on_extended(ext_id, buf.take(length - 2))
-        if msg_id != _PORT:
-            self._remote_started = True
         return _READERS[msg_id](self, buf.take(length))
 
     def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended:

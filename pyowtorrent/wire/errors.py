@@ -25,7 +25,6 @@ class Violation(enum.StrEnum):
     WRONG_MESSAGE_LENGTH = "wrong message length"
     BITFIELD_WRONG_LENGTH = "bitfield of the wrong length"
     BITFIELD_SPARE_BITS = "bitfield with spare bits set"
-    NOT_FIRST_MESSAGE = "bitfield, have all or have none not as the first message"
     INDEX_OUT_OF_RANGE = "piece index out of range"
     BAD_BLOCK_LENGTH = "block length zero or over the limit"
     BLOCK_OUT_OF_RANGE = "block beyond the end of its piece"
