@@ -438,3 +438,15 @@ def test_the_bounds_hold_whatever_the_announces() -> None:
                 stats = files[h]
                 assert stats.complete + stats.incomplete == len(listed)
                 assert stats.complete == sum(p.left == 0 for p in listed)
+
+
+def test_a_host_is_an_ipv4_address_or_an_ipv6_slash_64_in_text_too() -> None:
+    """The engine's per-address caps (pending handshakes, connections per torrent) count hosts the
+    same way the tracker does, from the address text a socket gives."""
+    from pyowtorrent.tracker.peers import holder_of_text
+
+    assert holder_of_text("2001:db8::1") == holder_of_text("2001:db8::ffff:2")
+    assert holder_of_text("2001:db8::1") != holder_of_text("2001:db8:0:1::1")
+    assert holder_of_text("fe80::1%eth0") == holder_of_text("fe80::2")
+    assert holder_of_text("192.0.2.1") != holder_of_text("192.0.2.2")
+    assert holder_of_text("not-an-address") == b"not-an-address"

@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..errors import ProtocolError
 from ..metainfo.torrent_file import Metainfo
+from ..tracker.peers import holder_of_text
 from ..wire.connection import PeerConnection
 from .events import EventBus, PeerBanned, PeerConnected, PeerDisconnected
 from .handshake import PeerLink
@@ -119,7 +120,8 @@ class PeerSet:
         if not self.active or ip in self.banned or (ip, link.handshake.peer_id) in self.banned_peers:
             link.writer.close()
             return
-        if sum(1 for a in self.peers if a[0] == ip) >= settings.max_connections_per_ip:
+        host = holder_of_text(ip)  # an IPv6 host counts as its /64
+        if sum(1 for a in self.peers if holder_of_text(a[0]) == host) >= settings.max_connections_per_ip:
             log.debug("%s: %s already holds %d connections", self.meta.name, ip, settings.max_connections_per_ip)
             link.writer.close()
             return

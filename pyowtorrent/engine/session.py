@@ -23,6 +23,7 @@ from ..errors import PyowtorrentError
 from ..metainfo.torrent_file import Metainfo, load_metainfo
 from ..storage.base import PieceStore
 from ..storage.files import Storage
+from ..tracker.peers import holder_of_text
 from ..wire.connection import PeerConnection
 from .clock import Clock, LoopClock
 from .handshake import CONNECTION_FAILURES, PeerLink, open_stream, read_handshake
@@ -118,7 +119,7 @@ class Session:
         self._http: aiohttp.ClientSession | None = None
         self.own_addresses: set[Address] = set()  # found by connecting to ourselves
         # Incoming connections waiting for their handshake, oldest first.
-        self._handshaking: dict[asyncio.StreamWriter, str] = {}
+        self._handshaking: dict[asyncio.StreamWriter, bytes] = {}  # -> the host it came from
         # Their tasks are asyncio's (made by the listen socket): close() ends them itself,
         # or the loop would cancel them on its way out and asyncio would print a traceback.
         self._accepting: set[asyncio.Task[None]] = set()
@@ -216,7 +217,7 @@ class Session:
         if delete_files:
             await self.disk.run(torrent.storage.delete_files)
             if torrent.resume_path is not None:
-                torrent.resume_path.unlink(missing_ok=True)
+                await self.disk.run(torrent.resume_path.unlink, True)
 
     def http_client(self) -> aiohttp.ClientSession:
         """The aiohttp client session shared by the trackers (made on first use, in the loop)."""
@@ -269,14 +270,15 @@ class Session:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         ip = str(peername[0])
-        if sum(1 for other in self._handshaking.values() if other == ip) >= MAX_PENDING_HANDSHAKES_PER_IP:
+        host = holder_of_text(ip)  # an IPv6 host counts as its /64
+        if sum(1 for other in self._handshaking.values() if other == host) >= MAX_PENDING_HANDSHAKES_PER_IP:
             writer.close()
             return
         if len(self._handshaking) >= MAX_PENDING_HANDSHAKES:
             oldest = next(iter(self._handshaking))
             del self._handshaking[oldest]
             oldest.close()  # its read ends at once; the newcomer takes its place
-        self._handshaking[writer] = ip
+        self._handshaking[writer] = host
         task = asyncio.current_task()
         assert task is not None
         self._accepting.add(task)

@@ -15,27 +15,14 @@ No clock, no I/O; the items are anything hashable.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Hashable
-from typing import Generic, TypeAlias, TypeVar
+from typing import Generic, TypeVar
+
+from ..tracker.peers import Holder, holder_of
 
 __all__ = ["Holder", "Holdings", "holder_of"]
 
-Holder: TypeAlias = bytes
 _Item = TypeVar("_Item", bound=Hashable)
-
-
-def holder_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Holder:
-    """The unit the per-host limits count by: an IPv4 address, or an IPv6 address's /64.
-
-    One IPv4 address is one host, or one NAT with a few hosts behind it.  An
-    IPv6 host usually has a whole /64 to itself (SLAAC, privacy addresses), so
-    counting single IPv6 addresses would let one host take any number of
-    places; a home network's /64 is the IPv6 counterpart of a NAT'd IPv4
-    address.  (4 bytes or 8: the two kinds never collide.)
-    """
-    packed = address.packed
-    return packed if len(packed) == 4 else packed[:8]
 
 
 class Holdings(Generic[_Item]):

@@ -26,6 +26,9 @@ from collections.abc import Iterable
 from ..errors import TrackerError
 
 __all__ = [
+    "Holder",
+    "holder_of",
+    "holder_of_text",
     "address_text",
     "COMPACT_PEER_LENGTH",
     "COMPACT_PEER6_LENGTH",
@@ -124,3 +127,29 @@ def _pack(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"{port!r} is not a port number (1-65535) for peer {host}")
     return layout.pack(address.packed, port)
+
+
+# -- hosts, as the per-host limits count them ------------------------------------------------
+
+Holder = bytes
+
+
+def holder_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Holder:
+    """The unit the per-host limits count by: an IPv4 address, or an IPv6 address's /64.
+
+    One IPv4 address is one host, or one NAT with a few hosts behind it.  An
+    IPv6 host usually has a whole /64 to itself (SLAAC, privacy addresses), so
+    counting single IPv6 addresses would let one host take any number of
+    places; a home network's /64 is the IPv6 counterpart of a NAT'd IPv4
+    address.  (4 bytes or 8: the two kinds never collide.)
+    """
+    packed = address.packed
+    return packed if len(packed) == 4 else packed[:8]
+
+
+def holder_of_text(ip: str) -> Holder:
+    """:func:`holder_of` of an address in text (anything else, e.g. a simulator's name, is its own holder)."""
+    try:
+        return holder_of(ipaddress.ip_address(ip.split("%", 1)[0]))
+    except ValueError:
+        return ip.encode()
