@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,6 @@ from pyowtorrent.engine.events import (
 )
 from pyowtorrent.wire import (
     Bitfield,
-    HaveAll,
     PeerConnection,
     Piece,
     Request,

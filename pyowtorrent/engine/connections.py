@@ -59,8 +59,11 @@ class PeerSet:
         self.pending: set[Address] = set()
         self.leaving: set[Address] = set()  # closed by us, its close still under way
         self.active = False  # dialling and accepting only while downloading or seeding
-        self._dials = Supervisor(f"{meta.name} dials", self._dial_failed)
-        self._runs = Supervisor(f"{meta.name} peers", self._peer_failed)
+        # A task failing here is a bug of ours (the dialler turns network failures
+        # into None, and Peer.run closes its connection whatever ends it): the
+        # supervisors log it, and it ends that one dial or peer only.
+        self._dials = Supervisor(f"{meta.name} dials")
+        self._runs = Supervisor(f"{meta.name} peers")
 
     def add(self, host: str, port: int) -> None:
         """An address to connect to (from the user, a tracker, or PEX later)."""
@@ -103,15 +106,6 @@ class PeerSet:
             self.known[addr] = self.clock.now() + self.services.settings.reconnect_delay
             return
         self._attach(link, conn)
-
-    def _dial_failed(self, name: str, exc: BaseException) -> None:
-        # A bug, not a network failure (the dialler turns those into None): it
-        # still ends this attempt only.
-        log.error("%s: %s failed", self.meta.name, name, exc_info=exc)
-
-    def _peer_failed(self, name: str, exc: BaseException) -> None:
-        # Peer.run closes its connection on the way out, whatever the error.
-        log.error("%s: %s failed", self.meta.name, name, exc_info=exc)
 
     def accept(self, link: PeerLink) -> None:
         """An incoming connection whose handshake named this torrent."""
