@@ -29,3 +29,38 @@ class ProtocolError(PyowtorrentError):
 
 class TrackerError(PyowtorrentError):
     """A tracker's answer could not be used."""
+
+
+class ConfigError(PyowtorrentError):
+    """A configuration file or setting that cannot be used (the message names the file and line)."""
+
+
+class SourceError(PyowtorrentError):
+    """A torrent source (a directory, a web server, a Google Drive folder) could not give a .torrent."""
+
+
+class TorrentNotFound(SourceError):
+    """The source answered, but has no .torrent by that reference."""
+
+
+class SourceAccessError(SourceError):
+    """The source refused us: missing or expired credentials, or no access to the folder."""
+
+
+class DownloadTimeout(PyowtorrentError):
+    """A download was not done within its timeout; the message says how far it got.
+
+    ``status`` is the torrent's last :class:`~pyowtorrent.engine.events.TorrentStatus`.
+    """
+
+    def __init__(self, message: str, status: object = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NoPeersError(DownloadTimeout):
+    """Nobody to download from: no peer connected and no tracker answered within the timeout."""
+
+
+class DaemonError(PyowtorrentError):
+    """The background daemon is not running, cannot start, or refused a command."""

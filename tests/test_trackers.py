@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -17,6 +14,7 @@ from pyowtorrent.metainfo.torrent_file import Metainfo
 from pyowtorrent.engine.session import Session
 from pyowtorrent.service.tracker import Tracker
 
+from .conftest import free_port
 from .engine_util import make_payload, same_tree, until
 from .lt_util import lt_session
 
@@ -31,12 +29,6 @@ def torrent_with(tmp: Path, trackers: list[str | list[str]]) -> tuple[Metainfo, 
 
 def lo_session(**kw: object) -> Session:
     return Session(listen="127.0.0.1", reconnect_delay=0.2, **kw)  # type: ignore[arg-type]
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_peers_found_through_the_embedded_tracker(tmp_path: Path) -> None:
@@ -88,47 +80,7 @@ def test_dead_trackers_in_the_first_tiers_do_not_stop_the_start(tmp_path: Path) 
     assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "leech" / "ds")
 
 
-# -- a real tracker: opentracker (Debian package, started fresh per test) ---------------------
-
-
-@pytest.fixture
-def opentracker(tmp_path: Path) -> Iterator[Callable[[bytes], tuple[int, int]]]:
-    """Start opentracker on loopback serving one info-hash; gives its (http port, udp port).
-
-    Debian builds opentracker with a whitelist, so the info-hash is listed
-    before it starts; it chroots into its directory, so the list's path is
-    relative to it.  A fresh one per test: it remembers peers for half an hour.
-    """
-    binary = shutil.which("opentracker")
-    if binary is None:
-        pytest.fail("opentracker is not installed: the README's test command installs it (Debian package 'opentracker')")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(info_hash: bytes) -> tuple[int, int]:
-        home = tmp_path / "opentracker"
-        home.mkdir()
-        home.chmod(0o755)
-        (home / "whitelist.txt").write_text(info_hash.hex() + "\n")
-        (home / "opentracker.conf").write_text("access.whitelist whitelist.txt\n")
-        tcp, udp = free_port(), free_port(socket.SOCK_DGRAM)
-        cmd = [binary, "-f", str(home / "opentracker.conf"), "-i", "127.0.0.1", "-p", str(tcp), "-P", str(udp)]
-        proc = subprocess.Popen([*cmd, "-d", str(home), "-u", "nobody"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", tcp), timeout=1).close()
-                return tcp, udp
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode() if proc.stdout and proc.poll() is not None else ""
-                    pytest.fail(f"opentracker did not start: {out}")
-                time.sleep(0.05)
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+# -- a real tracker: opentracker (the fixture is in conftest.py) ---------------------
 
 
 @pytest.mark.parametrize("scheme", ["http", "udp"])

@@ -1,8 +1,14 @@
-"""The ``pyowtorrent`` command: create, info, verify, download, seed, tracker, demo."""
+"""The ``pyowtorrent`` command line.
+
+Each subcommand's module adds its parser with ``add_arguments(sub, common)``
+and sets ``handler``; every subcommand takes the logging flags of
+:func:`common_parser`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -13,12 +19,24 @@ from .._version import __version__
 from ..errors import PyowtorrentError
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def common_parser() -> argparse.ArgumentParser:
+    """Flags every subcommand takes: how much to log, and where."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="log more: -v info, -vv debug")
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (overrides -v)")
+    g.add_argument("--log-file", metavar="PATH", help="write the log here instead of standard error")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyowtorrent", description="Publish and fetch datasets over BitTorrent.")
     parser.add_argument("--version", action="version", version=f"pyowtorrent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = common_parser()
 
-    p = sub.add_parser("create", help="make a .torrent of a file or directory")
+    p = sub.add_parser("create", parents=[common], help="make a .torrent of a file or directory")
+    p.set_defaults(handler=_create)
     p.add_argument("path", help="the file or directory to share")
     p.add_argument("-o", "--output", help="where to write the .torrent (default: NAME.torrent here)")
     p.add_argument("--piece-length", type=_size, help="bytes per piece, a power of two >= 16 KiB (default: by size)")
@@ -29,34 +47,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-date", action="store_true", help="leave out the creation date (reproducible output)")
     p.add_argument("--threads", type=int, help="hashing threads (default: one per core)")
 
-    p = sub.add_parser("info", help="show what a .torrent holds")
+    p = sub.add_parser("info", parents=[common], help="show what a .torrent holds")
+    p.set_defaults(handler=_info)
     p.add_argument("torrent")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     from . import verify as verify_mod
 
-    p = sub.add_parser("verify", help="check a payload against a .torrent")
+    p = sub.add_parser("verify", parents=[common], help="check a payload against a .torrent")
+    p.set_defaults(handler=verify_mod.run)
     verify_mod.build_parser(p)
 
     from . import engine as cli_engine
 
-    cli_engine.add_arguments(sub)
+    cli_engine.add_arguments(sub, common)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f".{name}", __name__).add_arguments(sub, common)
 
-    p = sub.add_parser("demo", help="create a sample dataset, make its torrent, verify it")
+    p = sub.add_parser("demo", parents=[common], help="create a sample dataset, make its torrent, verify it")
+    p.set_defaults(handler=_demo)
     p.add_argument("--dir", help="work here instead of a temporary directory")
     p.add_argument("--size", type=_size, default=64 << 20, help="sample payload size in bytes (default 64 MiB)")
+    return parser
 
-    args = parser.parse_args(argv)
-    handler = {
-        "create": _create,
-        "info": _info,
-        "verify": verify_mod.run,
-        "download": cli_engine.run_download,
-        "seed": cli_engine.run_seed,
-        "tracker": cli_engine.run_tracker,
-        "demo": _demo,
-    }[args.command]
-    return verify_mod.run_command(handler, args)
+
+# Modules adding further subcommands, each with add_arguments(sub, common).
+_COMMAND_MODULES: list[str] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import verify as verify_mod
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.log_level, args.log_file)
+    return verify_mod.run_command(args.handler, args)
+
+
+def setup_logging(verbose: int, level: str | None, log_file: str | None) -> None:
+    """Warnings by default; -v info (why a peer was dropped, an announce failed), -vv debug."""
+    import logging
+
+    name = level or {0: "warning", 1: "info"}.get(verbose, "debug")
+    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("pyowtorrent")
+    root.handlers[:] = [handler]
+    root.setLevel(name.upper())
+    root.propagate = False
 
 
 def _size(text: str) -> int:

@@ -29,8 +29,9 @@ from ..errors import PyowtorrentError
 from ..metainfo.torrent_file import load_metainfo
 
 
-def add_arguments(sub: Any) -> None:
-    p = sub.add_parser("download", help="download a torrent into a directory")
+def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("download", parents=[common], help="download a torrent into a directory")
+    p.set_defaults(handler=run_download)
     p.add_argument("torrent")
     p.add_argument("-o", "--output", default=".", metavar="DIR", help="the directory that will hold the payload")
     _common(p)
@@ -38,13 +39,15 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
     p.add_argument("--json", action="store_true", help="print status as JSON lines instead of a progress bar")
 
-    p = sub.add_parser("tracker", help="run a small HTTP tracker until interrupted")
+    p = sub.add_parser("tracker", parents=[common], help="run a small HTTP tracker until interrupted")
+    p.set_defaults(handler=run_tracker)
     p.add_argument("--listen", action="append", metavar="ADDR", help="listen address (default: all, IPv4 and IPv6)")
     p.add_argument("--port", type=int, default=6969, help="listen port (default 6969; 0: any free port)")
     p.add_argument("--allow", action="append", default=[], metavar="TORRENT", help="serve only these torrents")
     p.add_argument("--interval", type=int, default=1800, help="seconds between a client's announces")
 
-    p = sub.add_parser("seed", help="check a payload, then seed it until interrupted")
+    p = sub.add_parser("seed", parents=[common], help="check a payload, then seed it until interrupted")
+    p.set_defaults(handler=run_seed)
     p.add_argument("torrent")
     p.add_argument("dir", nargs="?", default=".", help="the directory that holds the payload (default: here)")
     _common(p)

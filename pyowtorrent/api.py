@@ -1,0 +1,1 @@
+"""The façade (filled in below)."""

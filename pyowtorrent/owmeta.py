@@ -1,0 +1,1 @@
+"""The owmeta-core data loader (filled in below)."""
