@@ -14,15 +14,34 @@ from ._version import __version__
 
 from .errors import (  # noqa: E402  (cheap, and every caller wants them)
     BencodeError,
+    ConfigError,
+    DaemonError,
+    DownloadTimeout,
     MagnetError,
     MetainfoError,
+    NoPeersError,
     ProtocolError,
     PyowtorrentError,
+    SourceAccessError,
+    SourceError,
     StorageError,
+    TorrentNotFound,
     TrackerError,
 )
 
 _LAZY = {
+    "download": ".api",
+    "adownload": ".api",
+    "seed": ".api",
+    "aseed": ".api",
+    "stop_seeding": ".api",
+    "resolve_torrent": ".api",
+    "is_complete": ".api",
+    "Session": ".engine.session",
+    "TorrentStatus": ".engine.events",
+    "TorrentState": ".engine.events",
+    "Config": ".config",
+    "load_config": ".config",
     "Metainfo": ".metainfo.torrent_file",
     "load_metainfo": ".metainfo.torrent_file",
     "parse_metainfo": ".metainfo.torrent_file",
@@ -36,11 +55,18 @@ _LAZY = {
 __all__ = [
     "__version__",
     "BencodeError",
+    "ConfigError",
+    "DaemonError",
+    "DownloadTimeout",
     "MagnetError",
     "MetainfoError",
+    "NoPeersError",
     "ProtocolError",
     "PyowtorrentError",
+    "SourceAccessError",
+    "SourceError",
     "StorageError",
+    "TorrentNotFound",
     "TrackerError",
     *_LAZY,
 ]
@@ -58,6 +84,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from .api import adownload, aseed, download, is_complete, resolve_torrent, seed, stop_seeding
+    from .config import Config, load_config
+    from .engine.events import TorrentState, TorrentStatus
+    from .engine.session import Session
     from .storage.create import create_torrent
     from .storage.verifier import VerifyReport, verify_payload
     from .metainfo.magnet import Magnet, parse_magnet

@@ -43,3 +43,15 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0, what: str 
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def make_zip(path: Path, members: dict[str, int], seed: int = 1) -> Path:
+    """A real ``.zip`` holding members of pseudo-random bytes (stored, so its size is what was asked)."""
+    import zipfile
+
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        for name, size in members.items():
+            z.writestr(name, rng.randbytes(size))
+    return path

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import libtorrent as lt  # test-only reference implementation; pyowtorrent never imports it
 
@@ -59,3 +61,32 @@ def lt_make_torrent(payload: Path, piece_length: int, flags: int) -> bytes:
     ct = lt.create_torrent(lt.list_files(str(payload)), piece_length, flags)
     lt.set_piece_hashes(ct, str(payload.parent))
     return lt.bencode(ct.generate())
+
+
+@contextlib.contextmanager
+def lt_seeder(torrent: bytes, save_path: Path, *, announced: bool = True, timeout: float = 30.0) -> Iterator[Any]:
+    """A libtorrent session seeding ``torrent`` from ``save_path``; gives the torrent handle.
+
+    With ``announced``, returns only once libtorrent's announce reached the
+    torrent's tracker (it says so in an alert), so a leecher started next
+    finds it there.  The session is gone when the block ends.
+    """
+    ses = lt_session(alert_mask=lt.alert.category_t.all_categories)
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(torrent)
+    params.save_path = str(save_path)
+    handle = ses.add_torrent(params)
+    try:
+        deadline = time.monotonic() + timeout
+        while announced:
+            assert time.monotonic() < deadline, "libtorrent never announced to the tracker"
+            for a in ses.pop_alerts():
+                if isinstance(a, lt.tracker_reply_alert):
+                    announced = False
+                if isinstance(a, lt.tracker_error_alert):
+                    raise AssertionError(f"libtorrent's announce failed: {a.message()}")
+            ses.wait_for_alert(100)
+        yield handle
+    finally:
+        ses.remove_torrent(handle)
+        del ses

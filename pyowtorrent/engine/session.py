@@ -55,6 +55,12 @@ def make_peer_id(rng: random.Random | None = None) -> bytes:
     return prefix + (rng.randbytes(n) if rng is not None else secrets.token_bytes(n))
 
 
+def resume_file(meta: Metainfo, save_path: Path, resume_dir: Path | None = None) -> Path:
+    """Where a torrent's resume data is kept: ``resume_dir``, or ``.pyowtorrent`` in its save directory."""
+    directory = resume_dir if resume_dir is not None else save_path / ".pyowtorrent"
+    return directory / f"{meta.info_hash.hex()}.resume.json"
+
+
 class Session:
     """Runs torrents on the current event loop.
 
@@ -178,8 +184,7 @@ class Session:
         resume_path = None
         if storage is None:
             storage = Storage(meta, save)
-            resume_dir = self.resume_dir if self.resume_dir is not None else save / ".pyowtorrent"
-            resume_path = resume_dir / f"{meta.info_hash.hex()}.resume.json"
+            resume_path = resume_file(meta, save, self.resume_dir)
         t = Torrent(
             self._services(),
             meta,

@@ -72,6 +72,7 @@ class Torrent:
         self.resume_path = resume_path
         self.state = TorrentState.STOPPED
         self.error: str | None = None
+        self._error_kind: type[PyowtorrentError] = PyowtorrentError  # what wait_done raises for it
         self.bus = EventBus()
         self.picker = PiecePicker(meta.num_pieces, meta.piece_length, meta.total_length, seed=services.rng.getrandbits(64))
         self.priorities = _piece_priorities(meta, file_priorities)
@@ -184,7 +185,7 @@ class Torrent:
             waiter.cancel()
             failed.cancel()
         if self.state is TorrentState.ERROR:
-            raise PyowtorrentError(f"{self.meta.name}: {self.error}")
+            raise self._error_kind(f"{self.meta.name}: {self.error}")
         if not self._done.is_set():
             raise TimeoutError(f"{self.meta.name}: not done after {timeout} s")
 
@@ -197,7 +198,7 @@ class Torrent:
             have = await self.services.disk.run(self._check)
             await self.services.disk.run(self.storage.create_empty_files)
         except (StorageError, OSError) as exc:
-            self._fail(f"checking files failed: {exc}")
+            self._fail(f"checking files failed: {exc}", StorageError)
             return
         if self._stopping:
             return  # removed (or its session closed) while checking
@@ -280,11 +281,12 @@ class Torrent:
         if self.state is not TorrentState.ERROR:
             self._set_state(TorrentState.STOPPED)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, kind: type[PyowtorrentError] = PyowtorrentError) -> None:
         if self.state is TorrentState.ERROR:
             return
         log.error("%s: %s", self.meta.name, message)
         self.error = message
+        self._error_kind = kind
         self._tasks.cancel()
         self.swarm.connections.stop("torrent error")
         self._set_state(TorrentState.ERROR)
@@ -329,7 +331,7 @@ class Torrent:
 
     def storage_failed(self, index: int, error: StorageError) -> None:
         self.picker.on_piece_failed(index)
-        self._fail(f"cannot save piece {index}: {error}")
+        self._fail(f"cannot save piece {index}: {error}", StorageError)
 
     def ban(self, peer: tuple[str, bytes], reason: str) -> None:
         self.swarm.connections.ban(peer, reason)
