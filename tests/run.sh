@@ -2,8 +2,11 @@
 # Install what the test suite needs on a fresh machine, then check and run it.
 #   - Debian's opentracker and aria2: a real tracker, and a real client other than
 #     libtorrent, for the interop tests (apt-get, when missing);
-#   - the package with its 'test' extra: pytest, xdist, hypothesis, the libtorrent wheel,
-#     import-linter and mypy;
+#   - the package with its 'test' and 'gdrive' extras: pytest, xdist, hypothesis, the
+#     libtorrent wheel, import-linter, mypy, Sphinx, and Google's API client;
+#   - owmeta-core 0.13.5 for the loader's tests, then wrapt>=1.14 in a second step: its
+#     pinned wrapt 1.11 does not import on Python 3.11, and pip's resolver refuses the
+#     two in one command (docs/owmeta.rst says the same to users);
 #   - then: imports go downward only (lint-imports), types check (mypy), the tests.
 set -eu
 cd "$(dirname "$0")/.."
@@ -13,7 +16,9 @@ if ! command -v opentracker >/dev/null 2>&1 || ! command -v aria2c >/dev/null 2>
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opentracker aria2
 fi
-python -m pip install -q '.[test]'
+python -m pip install -q '.[test,gdrive]'
+python -m pip install -q 'owmeta-core==0.13.5'
+python -m pip install -q 'wrapt>=1.14'
 lint-imports --no-cache
 python -m mypy
 exec python -m pytest -n 2 "$@"

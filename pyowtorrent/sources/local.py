@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import MetainfoError, SourceError, TorrentNotFound
@@ -50,28 +51,36 @@ class LocalDirectory:
 
     def _by_info_hash(self, info_hash: bytes) -> bytes:
         for path in sorted(self.directory.glob("*.torrent")):
-            data = _read_capped(path)
+            data = _read_capped(path, strict=False)  # another file's problem, not this lookup's
             if data is None:
                 continue
             try:
                 if parse_metainfo(data).info_hash == info_hash:
                     return data
             except MetainfoError:
-                continue  # another file's problem, not this lookup's
+                continue
         raise TorrentNotFound(f"no torrent with info-hash {info_hash.hex()} in {self.directory}")
 
 
-def _read_capped(path: Path) -> bytes | None:
-    """The file's bytes, ``None`` if it is not a regular file there; too large is an error."""
+def _read_capped(path: Path, strict: bool = True) -> bytes | None:
+    """The file's bytes; ``None`` if there is no regular file there (or, not ``strict``, it is too large)."""
     try:
-        with open(path, "rb") as f:
-            if not os.path.isfile(f.name):
-                return None
-            data = f.read(MAX_TORRENT_SIZE + 1)
+        # Non-blocking: a FIFO put where a .torrent should be must not hang the lookup.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
     except OSError as exc:
         raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_TORRENT_SIZE + 1)
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_TORRENT_SIZE:
+        if not strict:
+            return None
         raise SourceError(f"{path}: larger than {MAX_TORRENT_SIZE} bytes, not a .torrent")
     return data
