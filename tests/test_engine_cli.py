@@ -198,3 +198,43 @@ def test_sigterm_while_a_handshake_is_pending_exits_cleanly_without_a_traceback(
     finally:
         half.close()
         silent.close()
+
+
+def test_download_takes_its_source_and_directory_from_the_config_file_and_logs_with_v(tmp_path: Path) -> None:
+    meta, seed_dir = make_torrent(tmp_path, {"a.bin": 200_000})
+    torrents = tmp_path / "torrents"
+    torrents.mkdir()
+    torrent = torrents / "ds.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[session]\nlisten = ["127.0.0.1"]\n[paths]\ndownload_dir = "{tmp_path / "fromconfig"}"\n'
+        f'[sources]\ntorrent_source = "{torrents}"\n'
+    )
+    seed, port = seeder(torrent, seed_dir)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "pyowtorrent", "download", "ds", "--peer", f"127.0.0.1:{port}", "--timeout", "60",
+             "--json", "-v"],
+            capture_output=True, text=True, env={**ENV, "PYOWTORRENT_CONFIG": str(config)}, timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+    finally:
+        stop(seed)
+    # The name was resolved in the configured directory, the payload went to the configured place,
+    # the session listened where the file said, and -v showed the engine's INFO lines.
+    assert same_tree(seed_dir / "ds", tmp_path / "fromconfig" / "ds")
+    listening = [json.loads(line) for line in r.stdout.splitlines() if '"listening"' in line]
+    assert [d["host"] for d in listening] == ["127.0.0.1"]
+    assert " INFO pyowtorrent." in r.stderr
+
+
+def test_a_bad_config_file_is_a_clear_error_naming_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[session]\nport = \"six\"\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "pyowtorrent", "download", "x.torrent"],
+        capture_output=True, text=True, env={**ENV, "PYOWTORRENT_CONFIG": str(config)}, timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {config}, line 2: session.port: must be a whole number"

@@ -26,7 +26,17 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("-v", "--verbose", action="count", default=0, help="log more: -v info, -vv debug")
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (overrides -v)")
     g.add_argument("--log-file", metavar="PATH", help="write the log here instead of standard error")
+    p.add_argument(
+        "--config", metavar="PATH", help="the configuration file (default: $PYOWTORRENT_CONFIG, else the platform's)"
+    )
     return p
+
+
+def load_cli_config(args: argparse.Namespace, **flags: Any) -> Any:
+    """The configuration file's settings, the environment over them, then ``flags`` (not None) over both."""
+    from ..config import load_config
+
+    return load_config(args.config).merged(**flags)
 
 
 def build_parser() -> argparse.ArgumentParser:

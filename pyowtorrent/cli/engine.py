@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -32,8 +33,9 @@ from ..metainfo.torrent_file import load_metainfo
 def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("download", parents=[common], help="download a torrent into a directory")
     p.set_defaults(handler=run_download)
-    p.add_argument("torrent")
-    p.add_argument("-o", "--output", default=".", metavar="DIR", help="the directory that will hold the payload")
+    p.add_argument("torrent", help="a .torrent file, its http(s) URL, or a name the --source resolves")
+    p.add_argument("-o", "--output", metavar="DIR", help="the directory that will hold the payload (default: the config's download_dir, else here)")
+    p.add_argument("--source", metavar="SOURCE", help="find TORRENT in this torrent source: a directory, an http(s) base URL, or gdrive:FOLDER_ID (default: the config's)")
     _common(p)
     p.add_argument("--seed", action="store_true", help="keep seeding after the download, until interrupted")
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
@@ -56,9 +58,9 @@ def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", type=_peer, help="a peer to connect to")
-    p.add_argument("--port", type=int, default=0, help="listen port (default: any free port)")
-    p.add_argument("--listen", action="append", metavar="ADDR", help="listen address (default: all, IPv4 and IPv6)")
-    p.add_argument("--upload-limit", type=int, default=0, metavar="BYTES", help="upload cap in bytes/s (0: none)")
+    p.add_argument("--port", type=int, help="listen port (default: the config's, else any free port)")
+    p.add_argument("--listen", action="append", metavar="ADDR", help="listen address (default: the config's, else all, IPv4 and IPv6)")
+    p.add_argument("--upload-limit", type=int, metavar="BYTES", help="upload cap in bytes/s (0: none; default: the config's)")
 
 
 def _peer(text: str) -> tuple[str, int]:
@@ -76,6 +78,7 @@ def run_seed(args: argparse.Namespace) -> int:
     args.output = args.dir
     args.seed = True
     args.timeout = None
+    args.source = None
     return _run(args, seed_only=True)
 
 
@@ -120,18 +123,30 @@ def _stop_on_signals() -> tuple[asyncio.Event, dict[str, int]]:
 
 
 def _run(args: argparse.Namespace, seed_only: bool) -> int:
-    meta = load_metainfo(args.torrent)
+    from . import load_cli_config
+
+    cfg = load_cli_config(args, listen=args.listen, port=args.port, upload_rate_limit=args.upload_limit)
+    source = args.source or (cfg.torrent_source if not seed_only else None)
 
     async def main() -> int:
+        from ..api import resolve_torrent
         from ..engine.session import Session
+        from ..sources.base import open_source
 
+        # A path given on the command line is a file, even when a source is configured.
+        from_source = None
+        if source is not None and (args.source is not None or not os.path.exists(args.torrent)):
+            from_source = open_source(source, cfg)
+        meta = await resolve_torrent(args.torrent, torrent_source=from_source)
         stop, outcome = _stop_on_signals()
-        listen = args.listen or ["0.0.0.0", "::"]
+        output = args.output or cfg.download_dir
         report = _Reporter(args.json, meta.total_length)
-        async with Session(listen=listen, port=args.port, upload_rate_limit=args.upload_limit) as session:
+        async with Session(
+            listen=list(cfg.listen), port=cfg.port, upload_rate_limit=cfg.upload_rate_limit, max_connections=cfg.max_connections
+        ) as session:
             for host, port in session.listen_addresses:
                 report.line({"event": "listening", "host": host, "port": port}, f"listening on {_fmt(host, port)}")
-            torrent = await session.add_torrent(meta, args.output, peers=args.peer)
+            torrent = await session.add_torrent(meta, output, peers=args.peer)
             # A state change (done, error) wakes the loop at once, not at its next status tick.
             changed = asyncio.Event()
 

@@ -214,7 +214,6 @@ class Peer:
                     await self.writer.drain()
         except RemoteProtocolError as exc:
             self.close_reason = f"protocol violation: {exc}"
-            log.info("%r: %s", self, self.close_reason)
             if not self.closed.is_set():
                 try:
                     self._handle(exc.events)  # what the peer said before it broke the rules still counts
@@ -224,7 +223,6 @@ class Peer:
             self.close_reason = self.close_reason or f"connection lost: {exc}"
         except PeerMisbehaved as exc:
             self.close_reason = str(exc)
-            log.info("%r: %s", self, self.close_reason)
         except PyowtorrentError as exc:
             self.close_reason = str(exc)
         finally:
@@ -235,6 +233,8 @@ class Peer:
             return
         self.close_reason = self.close_reason or reason
         self.closed.set()
+        # -v shows why each peer went: the question a user asks when a download stalls.
+        log.info("%r: disconnected: %s", self, self.close_reason)
         self._serve_wakeup.set()
         for t in self._tasks:
             if t is not asyncio.current_task():

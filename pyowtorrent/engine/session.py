@@ -251,7 +251,7 @@ class Session:
             writer.write(conn.handshake_bytes())
             data, hs = await read_handshake(reader, self.clock)
         except CONNECTION_FAILURES as exc:
-            log.debug("connecting to %s failed: %r", address, exc)
+            log.info("connecting to %s failed: %s", address, exc or type(exc).__name__)
             if writer is not None:
                 writer.close()
             return None
