@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import os
 import re
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Iterable, Sequence, TypeVar, Union
+from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Sequence, TypeVar, Union
 
 from .engine.events import StateChanged, TorrentEvent, TorrentState, TorrentStatus
 from .engine.session import Session, resume_file
@@ -50,6 +51,7 @@ Source = Union[str, os.PathLike[str], bytes, Metainfo]
 PeerSpec = Union[str, tuple[str, int]]
 Progress = Callable[[TorrentStatus], None]
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # How often the progress callback hears of a torrent that is not changing state.
 PROGRESS_INTERVAL = 0.5
@@ -221,9 +223,29 @@ def _timeout_error(meta: Metainfo, st: TorrentStatus, timeout: float | None, had
     return NoPeersError(f"{meta.name}: no peer connected within {timeout:g} s ({got}); trackers: {trackers}", st)
 
 
-def download(source: Source, dest: str | os.PathLike[str], **kwargs: Any) -> Path:
-    """:func:`adownload`, blocking: for scripts and data loaders, not for code inside an event loop."""
-    return _run_blocking(adownload(source, dest, **kwargs), "download")
+def _blocking(coroutine_function: Callable[P, Coroutine[Any, Any, T]], doc: str) -> Callable[P, T]:
+    """The blocking twin of a coroutine function: same parameters, runs it on a loop of its own."""
+    name = coroutine_function.__name__.removeprefix("a")
+
+    @functools.wraps(coroutine_function)
+    def blocking(*args: P.args, **kwargs: P.kwargs) -> T:
+        return _run_blocking(coroutine_function(*args, **kwargs), name)
+
+    blocking.__name__ = blocking.__qualname__ = name
+    blocking.__doc__ = doc
+    return blocking
+
+
+download = _blocking(
+    adownload,
+    """Download ``source`` into ``dest``, blocking until every piece is verified on disk; returns ``dest/<name>``.
+
+    The same as :func:`adownload`, for scripts and data loaders.  Inside a
+    running event loop it raises :class:`~pyowtorrent.errors.PyowtorrentError`
+    at once (await :func:`adownload` there).  Safe to call from several
+    threads at once; Ctrl-C cancels it cleanly, saving resume data.
+    """,
+)
 
 
 # -- seeding ----------------------------------------------------------------------
@@ -281,9 +303,13 @@ async def _next_state(torrent: Torrent) -> None:
         unsubscribe()
 
 
-def seed(source: Source, directory: str | os.PathLike[str], **kwargs: Any) -> None:
-    """:func:`aseed`, blocking; Ctrl-C ends it cleanly (resume data saved)."""
-    _run_blocking(aseed(source, directory, **kwargs), "seed")
+seed = _blocking(
+    aseed,
+    """Check the payload in ``directory``, then seed it, blocking; the same as :func:`aseed`.
+
+    Ctrl-C ends it cleanly (resume data saved).
+    """,
+)
 
 
 # -- running a coroutine for a blocking caller ------------------------------------------
