@@ -27,7 +27,7 @@ from .engine.session import Session, resume_file
 from .engine.torrent import Torrent
 from .errors import DownloadTimeout, MetainfoError, NoPeersError, PyowtorrentError, SourceError
 from .metainfo.torrent_file import Metainfo, load_metainfo, parse_metainfo
-from .sources.base import TorrentSource, open_source
+from .sources import TorrentSource, open_source
 from .sources.http import fetch_url
 from .storage.files import Storage
 from .storage.resume import ResumeData

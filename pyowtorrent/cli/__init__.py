@@ -17,26 +17,7 @@ from typing import Any, Sequence
 
 from .._version import __version__
 from ..errors import PyowtorrentError
-
-
-def common_parser() -> argparse.ArgumentParser:
-    """Flags every subcommand takes: how much to log, and where."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("logging")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="log more: -v info, -vv debug")
-    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (overrides -v)")
-    g.add_argument("--log-file", metavar="PATH", help="write the log here instead of standard error")
-    p.add_argument(
-        "--config", metavar="PATH", help="the configuration file (default: $PYOWTORRENT_CONFIG, else the platform's)"
-    )
-    return p
-
-
-def load_cli_config(args: argparse.Namespace, **flags: Any) -> Any:
-    """The configuration file's settings, the environment over them, then ``flags`` (not None) over both."""
-    from ..config import load_config
-
-    return load_config(args.config).merged(**flags)
+from .options import common_parser, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules adding further subcommands, each with add_arguments(sub, common).
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = ["daemon", "gdrive"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,19 +72,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.log_level, args.log_file)
     return verify_mod.run_command(args.handler, args)
-
-
-def setup_logging(verbose: int, level: str | None, log_file: str | None) -> None:
-    """Warnings by default; -v info (why a peer was dropped, an announce failed), -vv debug."""
-    import logging
-
-    name = level or {0: "warning", 1: "info"}.get(verbose, "debug")
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("pyowtorrent")
-    root.handlers[:] = [handler]
-    root.setLevel(name.upper())
-    root.propagate = False
 
 
 def _size(text: str) -> int:

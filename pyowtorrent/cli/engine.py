@@ -123,7 +123,7 @@ def _stop_on_signals() -> tuple[asyncio.Event, dict[str, int]]:
 
 
 def _run(args: argparse.Namespace, seed_only: bool) -> int:
-    from . import load_cli_config
+    from .options import load_cli_config
 
     cfg = load_cli_config(args, listen=args.listen, port=args.port, upload_rate_limit=args.upload_limit)
     source = args.source or (cfg.torrent_source if not seed_only else None)
@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
     async def main() -> int:
         from ..api import resolve_torrent
         from ..engine.session import Session
-        from ..sources.base import open_source
+        from ..sources import open_source
 
         # A path given on the command line is a file, even when a source is configured.
         from_source = None

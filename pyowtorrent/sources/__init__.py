@@ -9,8 +9,29 @@ into one of them.
 
 from __future__ import annotations
 
-from .base import TorrentSource, open_source
+import os
+import re
+from typing import TYPE_CHECKING
+
+from .base import GDRIVE_PREFIX, TorrentSource
 from .http import HttpSource, fetch_url
 from .local import LocalDirectory
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 __all__ = ["TorrentSource", "LocalDirectory", "HttpSource", "fetch_url", "open_source"]
+
+
+def open_source(spec: str | os.PathLike[str] | TorrentSource, config: Config | None = None) -> TorrentSource:
+    """The source a setting names: ``gdrive:FOLDER_ID``, an ``http(s)://`` base URL, or a directory."""
+    if isinstance(spec, TorrentSource):
+        return spec
+    text = os.fspath(spec)
+    if text.startswith(GDRIVE_PREFIX):
+        from .gdrive import DriveFolder
+
+        return DriveFolder.from_config(text[len(GDRIVE_PREFIX) :], config)
+    if re.match(r"(?i)https?://", text):
+        return HttpSource(text)
+    return LocalDirectory(text)
