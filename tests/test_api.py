@@ -16,6 +16,7 @@ import pytest
 
 import pyowtorrent
 from pyowtorrent.engine.events import TorrentState, TorrentStatus
+from pyowtorrent.engine.services import InlineDisk
 from pyowtorrent.engine.session import Session
 from pyowtorrent.metainfo.torrent_file import Metainfo
 from pyowtorrent.storage.create import create_torrent
@@ -39,7 +40,8 @@ class Seeder:
 
     def __init__(self, meta: Metainfo, directory: Path, upload_rate_limit: int = 0) -> None:
         self.loop = asyncio.new_event_loop()
-        self.session = Session(listen="127.0.0.1", upload_rate_limit=upload_rate_limit)
+        # Its disk work on its own loop: the seeder starts no threads (a test counts the leecher's).
+        self.session = Session(listen="127.0.0.1", upload_rate_limit=upload_rate_limit, disk=InlineDisk())
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self._call(self.session.start())

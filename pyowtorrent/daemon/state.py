@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import MetainfoError
@@ -121,23 +120,7 @@ class StateStore:
 
     def store_torrent(self, meta: Metainfo) -> None:
         """Keep the ``.torrent``, so the daemon never depends on the file or URL it was added from."""
-        _write_bytes_atomically(self.paths.torrent_file(meta.info_hash.hex()), meta.to_bytes())
+        write_atomically(self.paths.torrent_file(meta.info_hash.hex()), meta.to_bytes())
 
     def drop_torrent(self, info_hash_hex: str) -> None:
         self.paths.torrent_file(info_hash_hex).unlink(missing_ok=True)
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> None:
-    """As :func:`~pyowtorrent.storage.resume.write_atomically`, for bytes."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # make the rename itself durable
-    finally:
-        os.close(dfd)

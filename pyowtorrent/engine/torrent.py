@@ -17,7 +17,6 @@ from typing import AsyncIterator, Callable, Iterable, Sequence
 from ..errors import PyowtorrentError, StorageError
 from ..metainfo.torrent_file import Metainfo
 from ..storage.base import PieceStore
-from ..storage.resume import ResumeData, write_atomically
 from ..strategy.picker import PiecePicker
 from ..wire import events as ev
 from .announcer import AnnounceStats, Announcer
@@ -35,6 +34,7 @@ from .events import (
 from .handshake import PeerLink
 from .peer import Peer
 from .pieces import PieceAssembler
+from .resumes import ResumeKeeper
 from .services import Supervisor, TorrentServices
 from .swarm import Swarm
 
@@ -84,11 +84,10 @@ class Torrent:
         )
         self._tasks = Supervisor(meta.name, self._task_failed)
         self._stop_announce = Supervisor(f"{meta.name} stopped announce")
-        self._resume_writes = Supervisor(f"{meta.name} resume data")
         self._stopping = False
         self._done = asyncio.Event()
         self._errored = asyncio.Event()
-        self._resume_dirty = False
+        self.resume_data = ResumeKeeper(resume_path, meta, storage, services.disk, self._have_flags)
         self._checked = 0
         layout = meta.layout
         # Wanted bytes, and how many of them are verified on disk (kept as pieces pass).
@@ -170,6 +169,7 @@ class Torrent:
             seeders=_most(t.seeders for t in trackers),
             leechers=_most(t.leechers for t in trackers),
             completed=_most(t.completed for t in trackers),
+            web_seeds=self.swarm.web_seeds.status(),
         )
 
     async def wait_done(self, timeout: float | None = None) -> None:
@@ -207,20 +207,12 @@ class Torrent:
                 self.picker.we_have(i)
                 self._count_had(i)
         self._enter_trading_state()
-        self._resume_dirty = True
+        self.resume_data.dirty = True
         self._save_resume()
         self._start_trading()
 
     def _check(self) -> bytearray:
-        trusted: set[int] = set()
-        if self.resume_path is not None and self.resume_path.is_file():
-            try:
-                resume = ResumeData.from_json(self.resume_path.read_text(), self.meta)
-            except (OSError, UnicodeDecodeError):
-                resume = None
-            if resume is not None:
-                trusted = resume.trusted_pieces(self.meta, self.storage.file_stamps())
-        return self.storage.check(trusted, progress=self._count_checked)
+        return self.storage.check(self.resume_data.trusted_pieces(), progress=self._count_checked)
 
     def _count_checked(self, nbytes: int) -> None:
         self._checked += nbytes
@@ -230,7 +222,7 @@ class Torrent:
         self._tasks.spawn(self._tick(), f"{self.meta.name} tick")
         if self.announcer is not None:
             self._tasks.spawn(self._announce(self.announcer), f"{self.meta.name} announce")
-        self.swarm.connections.connect_more()
+        self.swarm.connect_more()
 
     async def _announce(self, announcer: Announcer) -> None:
         await self._stop_announce.wait()  # a pause's 'stopped' goes out before a resume's 'started'
@@ -247,7 +239,7 @@ class Torrent:
         if self.state not in TRADING:
             return
         self._tasks.cancel()
-        self.swarm.connections.stop("paused")
+        self.swarm.stop("paused")
         if self.announcer is not None:
             # Not one of the torrent's tasks: a stop right after must still let it reach the tracker.
             self._stop_announce.spawn(self.announcer.stop(), f"{self.meta.name} stopped announce")
@@ -267,16 +259,16 @@ class Torrent:
         if self.announcer is not None and self.state in TRADING:
             await self.announcer.stop()
         await self._stop_announce.wait()
-        self.swarm.connections.stop("shutting down")
+        self.swarm.stop("shutting down")
         try:
             async with self.clock.timeout(CLOSE_TIMEOUT):
-                await self.swarm.connections.wait_closed()
+                await self.swarm.wait_closed()
         except TimeoutError:
             log.warning("%s: peers still closing after %g s", self.meta.name, CLOSE_TIMEOUT)
         # No peer can complete a piece now: finish those being hashed and written, then take no more.
         await self.assembler.close()
         self._save_resume()
-        await self._resume_writes.wait()
+        await self.resume_data.wait()
         self.storage.close()
         if self.state is not TorrentState.ERROR:
             self._set_state(TorrentState.STOPPED)
@@ -288,7 +280,7 @@ class Torrent:
         self.error = message
         self._error_kind = kind
         self._tasks.cancel()
-        self.swarm.connections.stop("torrent error")
+        self.swarm.stop("torrent error")
         self._set_state(TorrentState.ERROR)
         self._errored.set()
         self.bus.emit(TorrentFailed(at=self.clock.now(), message=message))
@@ -311,7 +303,7 @@ class Torrent:
     def piece_passed(self, index: int) -> None:
         self.picker.on_piece_passed(index)
         self._count_had(index)
-        self._resume_dirty = True
+        self.resume_data.dirty = True
         self.swarm.announce_piece(index)
         self.bus.emit(PieceVerified(at=self.clock.now(), piece=index))
         if self.picker.is_finished() and not self._done.is_set():
@@ -334,7 +326,7 @@ class Torrent:
         self._fail(f"cannot save piece {index}: {error}", StorageError)
 
     def ban(self, peer: tuple[str, bytes], reason: str) -> None:
-        self.swarm.connections.ban(peer, reason)
+        self.swarm.ban(peer, reason)  # a web seed's identity is its URL
 
     def _count_had(self, index: int) -> None:
         if self.priorities[index] > 0:
@@ -359,7 +351,7 @@ class Torrent:
             if now >= next_resume:
                 self._save_resume()
                 next_resume = now + RESUME_SAVE_INTERVAL
-            self.swarm.connections.connect_more()
+            self.swarm.connect_more()  # peers to dial, web seeds to wake
             await self.clock.sleep(TICK)
 
     def _announce_stats(self) -> AnnounceStats:
@@ -372,22 +364,11 @@ class Torrent:
         )
 
     def _save_resume(self) -> None:
-        """Save which pieces we have, off the loop (the files' stamps and an fsync are disk work)."""
-        if self.resume_path is None or not self._resume_dirty or self.state is TorrentState.CHECKING:
-            return
-        have = bytearray(1 if self.picker.has(i) else 0 for i in range(self.meta.num_pieces))
-        self._resume_dirty = False
-        self._resume_writes.spawn(self._write_resume(self.resume_path, have), f"{self.meta.name} resume")
+        if self.state is not TorrentState.CHECKING:  # what a check has not finished is no news
+            self.resume_data.save()
 
-    async def _write_resume(self, path: Path, have: bytearray) -> None:
-        def write() -> None:
-            write_atomically(path, ResumeData(self.meta.info_hash, have, self.storage.file_stamps()).to_json())
-
-        try:
-            await self.services.disk.run(write)
-        except OSError as exc:
-            self._resume_dirty = True
-            log.warning("%s: cannot save resume data: %s", self.meta.name, exc)
+    def _have_flags(self) -> bytearray:
+        return bytearray(1 if self.picker.has(i) else 0 for i in range(self.meta.num_pieces))
 
 
 def _piece_priorities(meta: Metainfo, file_priorities: Sequence[int] | None) -> list[int]:

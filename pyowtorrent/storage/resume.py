@@ -9,8 +9,10 @@ absent, and everything is rechecked.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,15 +79,26 @@ class ResumeData:
         return out
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write a small file so that a crash leaves either the old or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write a small file so that a crash leaves either the old or the new one, never a torn one.
+
+    The file is made mode 0600, and a new parent directory 0700: resume
+    data and the daemon's state are the user's own.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A temporary name of its own: two writers (two processes sharing a resume
+    # directory) never rename each other's half-written file into place.
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
     except OSError:
