@@ -12,7 +12,6 @@ the peers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
 from typing import Callable, Sequence
 
 from ..errors import StorageError
@@ -26,9 +25,8 @@ from .connections import PeerSet
 from .events import EventBus
 from .meters import RateMeter
 from .peer import OUR_REQQ, Peer
-from .pieces import PeerIdentity, PieceAssembler
+from .pieces import PieceAssembler
 from .services import TorrentServices
-from .webseed import WebSeeds
 
 log = logging.getLogger(__name__)
 
@@ -63,49 +61,10 @@ class Swarm:
         self.downloaded_bytes = 0
         self.download_meter = RateMeter(self.clock)
         self.upload_meter = RateMeter(self.clock)
-        self.web_seeds = WebSeeds(meta, services, picker, self, events)
 
     @property
     def peers(self) -> dict[tuple[str, int], Peer]:
         return self.connections.peers
-
-    # -- sources: peers and web seeds alike -----------------------------------------
-
-    def connect_more(self) -> None:
-        self.connections.connect_more()
-        self.web_seeds.connect_more()
-
-    def stop(self, reason: str) -> None:
-        """Close every peer and end every web seed's requests."""
-        self.connections.stop(reason)
-        self.web_seeds.stop()
-
-    async def wait_closed(self) -> None:
-        await self.connections.wait_closed()
-        await self.web_seeds.wait_closed()
-
-    def ban(self, sender: PeerIdentity, reason: str) -> None:
-        """Smart ban convicted ``sender``: a web seed is dropped, a peer banned."""
-        if not self.web_seeds.convict(sender, reason):
-            self.connections.ban(sender, reason)
-
-    def num_connections(self) -> int:
-        return len(self.connections.peers) + len(self.connections.pending)
-
-    def take_block(self, source: Hashable, sender: PeerIdentity, block: Block, data: bytes | memoryview) -> bool:
-        """A block from a peer or a web seed: into its piece's buffer, and the piece hashed once whole."""
-        if not self.picker.wants_block(block):
-            return False  # a late duplicate (end-game), or a piece we have
-        self.downloaded_bytes += len(data)
-        self.download_meter.add(len(data))
-        self.assembler.add_block(block.index, block.begin, data, sender)
-        complete, others = self.picker.on_block_received(source, block)
-        for other in others:
-            if isinstance(other, Peer):
-                other.cancel(block)
-        if complete:
-            self.assembler.finish(block.index)
-        return True
 
     def _greet(self, peer: Peer) -> None:
         """Our side of the opening: what we have, then (BEP 10) who we are."""
@@ -162,7 +121,17 @@ class Swarm:
             self.rechoke()  # a free slot: no need to wait for the next round
 
     def on_block(self, peer: Peer, block: Block, data: bytes | memoryview) -> None:
-        self.take_block(peer, (peer.address[0], peer.peer_id), block, data)
+        if not self.picker.wants_block(block):
+            return  # a late duplicate (end-game), or a piece we have
+        self.downloaded_bytes += len(data)
+        self.download_meter.add(len(data))
+        self.assembler.add_block(block.index, block.begin, data, (peer.address[0], peer.peer_id))
+        complete, others = self.picker.on_block_received(peer, block)
+        for other in others:
+            if isinstance(other, Peer):
+                other.cancel(block)
+        if complete:
+            self.assembler.finish(block.index)
 
     def on_request_failed(self, peer: Peer, block: Block) -> None:
         self.picker.on_request_failed(peer, block)
