@@ -16,7 +16,7 @@ from pyowtorrent.service.tracker import Tracker
 
 from .conftest import free_port
 from .engine_util import make_payload, same_tree, until
-from .lt_util import lt_session
+from .lt_util import lt_seeder, lt_session
 
 SIZES = {"data.bin": 600_000, "notes.txt": 777}
 
@@ -87,8 +87,6 @@ def test_dead_trackers_in_the_first_tiers_do_not_stop_the_start(tmp_path: Path) 
 def test_download_from_a_libtorrent_seeder_found_through_opentracker(
     tmp_path: Path, opentracker: Callable[[bytes], tuple[int, int]], scheme: str
 ) -> None:
-    import libtorrent as lt
-
     # The torrent's identity does not depend on its tracker list, so learn it first.
     probe, _ = torrent_with(tmp_path / "probe", [])
     tcp, udp = opentracker(probe.info_hash)
@@ -98,35 +96,15 @@ def test_download_from_a_libtorrent_seeder_found_through_opentracker(
 
     # opentracker hands libtorrent its own address: LT_SETTINGS keeps its
     # self-connection ban from covering all of 127.0.0.1.
-    ses = lt_session(alert_mask=lt.alert.category_t.all_categories)
-    params = lt.add_torrent_params()
-    params.ti = lt.torrent_info(meta.to_bytes())
-    params.save_path = str(seed_dir)
-    handle = ses.add_torrent(params)
-
     async def main() -> None:
-        # Wait until libtorrent's announce reached the tracker (it says so in an alert).
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        announced = False
-        while not announced:
-            assert loop.time() < deadline, "libtorrent never announced to opentracker"
-            for a in ses.pop_alerts():
-                if isinstance(a, lt.tracker_reply_alert):
-                    announced = True
-                if isinstance(a, lt.tracker_error_alert):
-                    raise AssertionError(f"libtorrent's announce failed: {a.message()}")
-            await asyncio.sleep(0.05)
         async with lo_session(udp_retransmit_base=0.5) as s:
             leecher = await s.add_torrent(meta, tmp_path / "leech")
             await leecher.wait_done(timeout=30)
             (tr,) = leecher.status().trackers
             assert tr.working and tr.peers_received >= 1
 
-    try:
+    with lt_seeder(meta.to_bytes(), seed_dir):  # returns once its announce reached opentracker
         asyncio.run(main())
-    finally:
-        ses.remove_torrent(handle)
     assert same_tree(seed_dir / "ds", tmp_path / "leech" / "ds")
 
 
