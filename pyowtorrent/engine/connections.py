@@ -45,9 +45,11 @@ class PeerSet:
         host: PeerHost,
         greet: Callable[[Peer], None],
         events: EventBus,
+        others: Callable[[], int] = lambda: 0,
     ) -> None:
         self.meta = meta
         self.services = services
+        self.others = others  # the torrent's other connections (web seeds), under the same cap
         self.clock = services.clock
         self.host = host
         self.greet = greet
@@ -85,7 +87,7 @@ class PeerSet:
         now = self.clock.now()
         limit = self.services.settings.max_connections_per_torrent
         for addr, not_before in list(self.known.items()):
-            if len(self.peers) + len(self.pending) >= limit or not self.services.budget.can_connect():
+            if len(self.peers) + len(self.pending) + self.others() >= limit or not self.services.budget.can_connect():
                 return
             if addr in self.peers or addr in self.pending or addr[0] in self.banned or not_before > now:
                 continue
@@ -119,7 +121,7 @@ class PeerSet:
             log.debug("%s: %s already holds %d connections", self.meta.name, ip, settings.max_connections_per_ip)
             link.writer.close()
             return
-        if len(self.peers) - len(self.leaving) >= settings.max_connections_per_torrent:
+        if len(self.peers) - len(self.leaving) + self.others() >= settings.max_connections_per_torrent:
             victim = self._useless_peer()
             if victim is None:
                 link.writer.close()

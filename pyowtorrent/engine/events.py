@@ -31,6 +31,7 @@ __all__ = [
     "TorrentState",
     "TorrentStatus",
     "TrackerStatus",
+    "WebSeedStatus",
 ]
 
 
@@ -114,6 +115,19 @@ class TrackerStatus:
 
 
 @dataclass(frozen=True)
+class WebSeedStatus:
+    """One ``url-list`` web seed (BEP 19) as the torrent uses it."""
+
+    url: str
+    working: bool  # its last request succeeded, or one is under way after a success
+    downloaded: int  # payload bytes it delivered this session
+    failures: int  # failed requests and pieces that failed their hash, in all
+    last_error: str | None
+    retry_in: float | None  # seconds until it is tried again after a failure
+    dropped: bool  # given up: failures in a row, bad data, or a URL we cannot use
+
+
+@dataclass(frozen=True)
 class TorrentStatus:
     state: TorrentState
     progress: float  # of the wanted bytes, 0..1
@@ -133,6 +147,7 @@ class TorrentStatus:
     seeders: int | None = None  # the swarm as the trackers see it (announce and scrape)
     leechers: int | None = None
     completed: int | None = None
+    web_seeds: tuple[WebSeedStatus, ...] = ()
 
 
 Listener = Callable[[TorrentEvent], None]

@@ -235,7 +235,8 @@ class Session:
     # -- ConnectionBudget ---------------------------------------------------------
 
     def can_connect(self) -> bool:
-        return sum(len(t.peers) for t in self.torrents.values()) < self.max_connections
+        # Web seeds hold connections too (an HTTP one each, while they fetch).
+        return sum(len(t.peers) + t.swarm.web_seeds.num_connected() for t in self.torrents.values()) < self.max_connections
 
     # -- Dialer: outgoing connections -------------------------------------------------
 

@@ -1,17 +1,19 @@
 """A torrent's trading policy: what to ask each peer for, and whom to upload to.
 
 :class:`Swarm` is the :class:`~pyowtorrent.engine.peer.PeerHost` of every
-peer of one torrent.  It feeds what peers say into the piece picker
-(rarest first, end-game), sends interest and requests, routes received
-blocks to the :class:`~pyowtorrent.engine.pieces.PieceAssembler`, serves
-uploads through the rate limiter and the disk executor, and applies the
-choker's decisions.  The sans-IO strategies decide; this only wires them to
+peer of one torrent, and the :class:`~pyowtorrent.engine.webseed.WebSeedHost`
+of its web seeds (a block from either goes the same way).  It feeds what
+peers say into the piece picker (rarest first, end-game), sends interest and
+requests, routes received blocks to the
+:class:`~pyowtorrent.engine.pieces.PieceAssembler`, serves uploads through
+the rate limiter and the disk executor, and applies the choker's decisions.  The sans-IO strategies decide; this only wires them to
 the peers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from typing import Callable, Sequence
 
 from ..errors import StorageError
@@ -25,8 +27,9 @@ from .connections import PeerSet
 from .events import EventBus
 from .meters import RateMeter
 from .peer import OUR_REQQ, Peer
-from .pieces import PieceAssembler
+from .pieces import PeerIdentity, PieceAssembler
 from .services import TorrentServices
+from .webseed import WebSeeds
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +59,57 @@ class Swarm:
         self.is_done = is_done
         self.storage_failed = storage_failed
         self.choker = Choker(services.settings.upload_slots, seed=services.rng.getrandbits(64))
-        self.connections = PeerSet(meta, services, self, self._greet, events)
+        self.connections = PeerSet(meta, services, self, self._greet, events, others=lambda: self.web_seeds.num_connected())
         self.uploaded_bytes = 0
         self.downloaded_bytes = 0
         self.download_meter = RateMeter(self.clock)
         self.upload_meter = RateMeter(self.clock)
+        self.web_seeds = WebSeeds(meta, services, picker, self, events)
 
     @property
     def peers(self) -> dict[tuple[str, int], Peer]:
         return self.connections.peers
+
+    # -- sources: peers and web seeds alike -----------------------------------------
+
+    def connect_more(self) -> None:
+        """Dial known peers and start or wake web seeds, within the limits (only while trading)."""
+        if self.connections.active:
+            self.connections.connect_more()
+            self.web_seeds.connect_more()
+
+    def stop(self, reason: str) -> None:
+        """Close every peer and end every web seed's requests."""
+        self.connections.stop(reason)
+        self.web_seeds.stop()
+
+    async def wait_closed(self) -> None:
+        await self.connections.wait_closed()
+        await self.web_seeds.wait_closed()
+
+    def ban(self, sender: PeerIdentity, reason: str) -> None:
+        """Smart ban convicted ``sender``: a web seed is dropped, a peer banned."""
+        if not self.web_seeds.convict(sender, reason):
+            self.connections.ban(sender, reason)
+
+    def num_connections(self) -> int:
+        """Peer connections held and being dialled (web seeds count their own against the same cap)."""
+        return len(self.connections.peers) + len(self.connections.pending)
+
+    def take_block(self, source: Hashable, sender: PeerIdentity, block: Block, data: bytes | memoryview) -> bool:
+        """A block from a peer or a web seed: into its piece's buffer, and the piece hashed once whole."""
+        if not self.picker.wants_block(block):
+            return False  # a late duplicate (end-game), or a piece we have
+        self.downloaded_bytes += len(data)
+        self.download_meter.add(len(data))
+        self.assembler.add_block(block.index, block.begin, data, sender)
+        complete, others = self.picker.on_block_received(source, block)
+        for other in others:
+            if isinstance(other, Peer):
+                other.cancel(block)
+        if complete:
+            self.assembler.finish(block.index)
+        return True
 
     def _greet(self, peer: Peer) -> None:
         """Our side of the opening: what we have, then (BEP 10) who we are."""
@@ -121,17 +166,7 @@ class Swarm:
             self.rechoke()  # a free slot: no need to wait for the next round
 
     def on_block(self, peer: Peer, block: Block, data: bytes | memoryview) -> None:
-        if not self.picker.wants_block(block):
-            return  # a late duplicate (end-game), or a piece we have
-        self.downloaded_bytes += len(data)
-        self.download_meter.add(len(data))
-        self.assembler.add_block(block.index, block.begin, data, (peer.address[0], peer.peer_id))
-        complete, others = self.picker.on_block_received(peer, block)
-        for other in others:
-            if isinstance(other, Peer):
-                other.cancel(block)
-        if complete:
-            self.assembler.finish(block.index)
+        self.take_block(peer, (peer.address[0], peer.peer_id), block, data)
 
     def on_request_failed(self, peer: Peer, block: Block) -> None:
         self.picker.on_request_failed(peer, block)

@@ -169,6 +169,7 @@ class Torrent:
             seeders=_most(t.seeders for t in trackers),
             leechers=_most(t.leechers for t in trackers),
             completed=_most(t.completed for t in trackers),
+            web_seeds=self.swarm.web_seeds.status(),
         )
 
     async def wait_done(self, timeout: float | None = None) -> None:
@@ -221,7 +222,7 @@ class Torrent:
         self._tasks.spawn(self._tick(), f"{self.meta.name} tick")
         if self.announcer is not None:
             self._tasks.spawn(self._announce(self.announcer), f"{self.meta.name} announce")
-        self.swarm.connections.connect_more()
+        self.swarm.connect_more()
 
     async def _announce(self, announcer: Announcer) -> None:
         await self._stop_announce.wait()  # a pause's 'stopped' goes out before a resume's 'started'
@@ -238,7 +239,7 @@ class Torrent:
         if self.state not in TRADING:
             return
         self._tasks.cancel()
-        self.swarm.connections.stop("paused")
+        self.swarm.stop("paused")
         if self.announcer is not None:
             # Not one of the torrent's tasks: a stop right after must still let it reach the tracker.
             self._stop_announce.spawn(self.announcer.stop(), f"{self.meta.name} stopped announce")
@@ -258,10 +259,10 @@ class Torrent:
         if self.announcer is not None and self.state in TRADING:
             await self.announcer.stop()
         await self._stop_announce.wait()
-        self.swarm.connections.stop("shutting down")
+        self.swarm.stop("shutting down")
         try:
             async with self.clock.timeout(CLOSE_TIMEOUT):
-                await self.swarm.connections.wait_closed()
+                await self.swarm.wait_closed()
         except TimeoutError:
             log.warning("%s: peers still closing after %g s", self.meta.name, CLOSE_TIMEOUT)
         # No peer can complete a piece now: finish those being hashed and written, then take no more.
@@ -279,7 +280,7 @@ class Torrent:
         self.error = message
         self._error_kind = kind
         self._tasks.cancel()
-        self.swarm.connections.stop("torrent error")
+        self.swarm.stop("torrent error")
         self._set_state(TorrentState.ERROR)
         self._errored.set()
         self.bus.emit(TorrentFailed(at=self.clock.now(), message=message))
@@ -325,7 +326,7 @@ class Torrent:
         self._fail(f"cannot save piece {index}: {error}", StorageError)
 
     def ban(self, peer: tuple[str, bytes], reason: str) -> None:
-        self.swarm.connections.ban(peer, reason)
+        self.swarm.ban(peer, reason)  # a web seed's identity is its URL
 
     def _count_had(self, index: int) -> None:
         if self.priorities[index] > 0:
@@ -350,7 +351,7 @@ class Torrent:
             if now >= next_resume:
                 self._save_resume()
                 next_resume = now + RESUME_SAVE_INTERVAL
-            self.swarm.connections.connect_more()
+            self.swarm.connect_more()  # peers to dial, web seeds to wake
             await self.clock.sleep(TICK)
 
     def _announce_stats(self) -> AnnounceStats:

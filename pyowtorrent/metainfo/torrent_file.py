@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import string
 from typing import Any
 
 from .bencoding import Bencached, decode_dict_with_spans, encode
 from ..errors import BencodeError, MetainfoError
 from .layout import BLOCK_SIZE, FileEntry, Layout
 from .paths import decode_text, resolve_duplicates, sanitize_element, sanitize_name
-from .urls import ANNOUNCE_SCHEMES, is_tracker_url
+from .urls import ANNOUNCE_SCHEMES, is_tracker_url, web_seed_url
 
 __all__ = ["Metainfo", "is_tracker_url", "load_metainfo", "parse_metainfo", "MAX_TORRENT_SIZE", "MAX_PIECES"]
 
@@ -378,14 +377,6 @@ def _keys_sorted(value: Any) -> bool:
     return True
 
 
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, bytes):
-        value = [value]
-    if not isinstance(value, list):
-        return []
-    return [v.decode("utf-8", "replace").strip() for v in value if isinstance(v, bytes) and v.strip()]
-
-
 def _parse_trackers(top: dict[bytes, Any]) -> tuple[tuple[str, ...], ...]:
     """BEP 12: the ``announce-list`` tiers when they name a tracker we keep, else ``announce``.
 
@@ -420,33 +411,22 @@ def _tracker_tiers(candidates: list[Any]) -> tuple[tuple[str, ...], ...]:
     return tuple(tiers)
 
 
-# Characters libtorrent leaves alone in a URL path (maybe_url_encode); a path
-# with any other character is re-escaped, keeping only _URL_KEEP as they are.
-_URL_PATH_OK = frozenset(string.ascii_letters + string.digits + "%+;?:@=&,$/-_!.~*()")
-_URL_KEEP = frozenset(string.ascii_letters + string.digits + "/-_!.~*()")
-
-
-def _url_encode(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    path = slash + path
-    if all(c in _URL_PATH_OK for c in path):
-        return url
-    escaped = "".join(c if c in _URL_KEEP else "".join(f"%{b:02x}" for b in c.encode()) for c in path)
-    return f"{scheme}://{authority}{escaped}"
-
-
 def _web_seeds(value: Any, directory: bool) -> tuple[str, ...]:
-    """BEP 19 ``url-list`` (or BEP 17 ``httpseeds``) as peers use them.
+    """BEP 19 ``url-list`` (or BEP 17 ``httpseeds``) as peers use them: each URL once.
 
-    As libtorrent does: unsafe characters are percent-encoded, and the URLs of
-    a torrent with several files name a directory (end in ``/``).
+    Each entry is read as libtorrent does (:func:`~.urls.web_seed_url`: unsafe
+    path characters percent-encoded), and the URLs of a torrent with several
+    files name a directory (end in ``/``).  Duplicates are dropped after that,
+    where libtorrent compares the entries as written: ``a b`` and ``a%20b``
+    are one server to us, two to it.
     """
+    if isinstance(value, bytes):
+        value = [value]
     out: list[str] = []
-    for url in _strings(value):
-        url = _url_encode(url)
+    for raw in value if isinstance(value, list) else ():
+        url = web_seed_url(raw) if isinstance(raw, bytes) else None
+        if url is None:
+            continue
         if directory and not url.endswith("/"):
             url += "/"
         if url not in out:

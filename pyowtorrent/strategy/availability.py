@@ -163,6 +163,27 @@ class Availability:
         self._cursor = cur
         return (i for i in range(cur, n) if pos[i] >= 0 and prios[i] == prio)
 
+    def is_free(self, i: int) -> bool:
+        """Whether piece ``i`` may be started: wanted, not ours, not started."""
+        return self._pos[i] >= 0
+
+    def first(self, sequential: bool, prefer: int | None = None) -> int | None:
+        """Where a run of pieces in a row starts (a web seed's): ``prefer`` if it is free, else the
+        start of the gap of free pieces around the piece :meth:`levels` would give first (highest
+        priority, then rarest, or lowest index).  BEP 19: a web seed fills a gap from its start, so
+        runs are long and do not cut gaps into pieces too small for one.
+        """
+        if prefer is not None and 0 <= prefer < self.num_pieces and self.is_free(prefer):
+            return prefer
+        self.clean()
+        for prio in range(MAX_PRIORITY, 0, -1):
+            if self.levels[prio].order:
+                i = next(self.by_index(prio)) if sequential else self.levels[prio].order[0]
+                while i > 0 and self._pos[i - 1] >= 0 and self.priority[i - 1] == prio:
+                    i -= 1
+                return i
+        return None
+
     def has_free(self) -> bool:
         return any(level.order for level in self.levels)
 

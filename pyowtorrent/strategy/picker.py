@@ -16,6 +16,11 @@ per block (free / requested / received); it goes back only if every request
 for it fails before anything arrived, or its hash fails. In end-game (no free
 piece left, every missing block requested) a block may be requested from a
 second peer; the first copy to arrive names the others to cancel.
+
+A source that serves byte ranges (a BEP 19 web seed) asks :meth:`PiecePicker.pick_run`
+instead: blocks in a row, whole new pieces from the start of a gap of free
+pieces onwards, so one HTTP request fetches several pieces and a piece is never
+split between it and a peer outside end-game.
 """
 
 from __future__ import annotations
@@ -79,6 +84,29 @@ class _Piece:
         if taken:
             self.peers.add(peer)
             self.unrequested -= taken
+
+    def request_run(self, peer: Hashable, n: int, mine: set[tuple[int, int]], out: list[Block], endgame: bool) -> bool:
+        """Hand ``peer`` up to ``n`` blocks in a row, from the first it may take: free ones, and in
+        end-game ones others have out.  True if the run took the piece's last block (it may go on)."""
+        state, requesters, nblocks = self.state, self.requesters, len(self.state)
+
+        def takeable(b: int) -> bool:
+            return state[b] == _FREE or (endgame and state[b] == _REQUESTED and peer not in requesters[b])
+
+        first = bno = next((b for b in range(nblocks) if takeable(b)), nblocks)
+        while bno < nblocks and bno - first < n and takeable(bno):
+            if state[bno] == _FREE:
+                state[bno] = _REQUESTED
+                requesters[bno] = [peer]
+                self.unrequested -= 1
+            else:
+                requesters[bno].append(peer)
+            mine.add((self.index, bno))
+            out.append(self.block(bno))
+            bno += 1
+        if bno > first:
+            self.peers.add(peer)
+        return bno > first and bno == nblocks
 
     def release(self, peer: Hashable, bno: int) -> bool:
         """``peer``'s request for block ``bno`` is gone; True if no other peer has it out."""
@@ -230,6 +258,31 @@ class PiecePicker:
             self._pick_free(peer, has, count, out)
         if len(out) < count and self.in_endgame():
             self._pick_endgame(peer, has, count, out)
+        return out
+
+    def pick_run(self, peer: Hashable, count: int, prefer: int | None = None) -> list[Block]:
+        """Up to ``count`` blocks in a row, in byte order, for a source that serves byte ranges (a
+        web seed: one HTTP request a run), recorded as requested.  It starts in a started piece no
+        one has requests out for, else at ``prefer`` if free, else at the start of the gap around
+        the piece :meth:`pick` would start, else in a started piece with free blocks, else
+        (end-game) at blocks others have out; it runs on into the free pieces that follow."""
+        free, prio, partial = self._availability, self._availability.priority, self._partial
+        opened = [partial[i] for i in self._open if prio[i]]
+        piece = next((p for p in opened if not p.requesters), None)
+        if piece is None:
+            first = free.first(self._sequential, prefer)
+            piece = self._start(first) if first is not None else next(iter(opened), None)
+        endgame = piece is None and self.in_endgame()
+        if endgame:
+            piece = next((p for i, p in partial.items() if prio[i] and p.requesters and peer not in p.peers), None)
+        out: list[Block] = []
+        mine = self._outstanding.setdefault(peer, set())
+        while piece is not None:
+            more = piece.request_run(peer, count - len(out), mine, out, endgame) and len(out) < count
+            if not piece.unrequested:
+                self._open.pop(piece.index, None)
+            nxt = piece.index + 1
+            piece = self._start(nxt) if more and nxt < self.num_pieces and free.is_free(nxt) else None
         return out
 
     def on_block_received(self, peer: Hashable, block: Block) -> tuple[bool, list[Hashable]]:
