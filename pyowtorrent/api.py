@@ -170,8 +170,10 @@ async def adownload(
             await _background().adopt(meta, dest_path, peer_list, trackers)
         return content_path(meta, dest_path)
     has_trackers = bool(trackers) if trackers is not None else bool(meta.trackers)
-    if not has_trackers and not peer_list:
-        raise NoPeersError(f"{meta.name}: the torrent names no tracker and no peers were given: nobody to download from")
+    if not has_trackers and not peer_list and not meta.web_seeds:
+        raise NoPeersError(
+            f"{meta.name}: the torrent names no tracker and no web seed, and no peers were given: nobody to download from"
+        )
     options = dict(listen=listen, port=port, upload_rate_limit=upload_rate_limit, resume_dir=resume_dir)
     async with Session(**options) as session:  # type: ignore[arg-type]
         torrent = await session.add_torrent(meta, dest_path, peers=peer_list, trackers=trackers)

@@ -6,7 +6,7 @@
 #     libtorrent wheel, import-linter, mypy, Sphinx, and Google's API client;
 #   - owmeta-core 0.13.5 for the loader's tests, then wrapt>=1.14 in a second step: its
 #     pinned wrapt 1.11 does not import on Python 3.11, and pip's resolver refuses the
-#     two in one command (docs/owmeta.rst says the same to users);
+#     two in one command (docs/owmeta.md says the same to users);
 #   - then: imports go downward only (lint-imports), types check (mypy), the tests.
 set -eu
 cd "$(dirname "$0")/.."

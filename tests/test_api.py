@@ -222,8 +222,17 @@ def test_changed_data_is_not_vouched_for(tmp_path: Path, seeder: Callable[..., S
 
 def test_nobody_to_ask_is_an_error_at_once(tmp_path: Path) -> None:
     meta, _ = zip_torrent(tmp_path)  # no trackers
-    with pytest.raises(pyowtorrent.NoPeersError, match="no tracker and no peers"):
+    with pytest.raises(pyowtorrent.NoPeersError, match="no tracker and no web seed, and no peers"):
         pyowtorrent.download(meta, tmp_path / "dest")
+
+
+def test_a_web_seed_alone_is_enough_to_download(tmp_path: Path) -> None:
+    seed_dir = tmp_path / "seeder"
+    make_zip(seed_dir / "dataset.zip", ZIP_MEMBERS)
+    with _static_server(seed_dir) as base:
+        meta = create_torrent(seed_dir / "dataset.zip", piece_length=32768, web_seeds=[base + "dataset.zip"])
+        got = pyowtorrent.download(meta, tmp_path / "dest", timeout=30)
+    assert got.read_bytes() == (seed_dir / "dataset.zip").read_bytes()
 
 
 def test_no_peer_and_no_tracker_answering_is_no_peers_error(tmp_path: Path) -> None:
