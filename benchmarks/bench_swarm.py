@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,11 @@ def lt_settings(port: int, preset: str = "default") -> dict[str, Any]:
 
 
 def lt_main(args: argparse.Namespace) -> int:
-    """``--lt-seed TORRENT DIR`` or ``--lt-leech TORRENT DIR --peer HOST:PORT``."""
+    """``--lt-seed TORRENT DIR`` or ``--lt-leech TORRENT DIR [--peer HOST:PORT]``.
+
+    A leecher without ``--peer`` has only the torrent's own sources (its web
+    seeds, for ``bench_webseed.py``).
+    """
     import libtorrent as lt
 
     seeding = args.lt_seed is not None
@@ -129,7 +133,7 @@ def lt_main(args: argparse.Namespace) -> int:
     atp.ti = lt.torrent_info(torrent)
     atp.save_path = save
     h = ses.add_torrent(atp)
-    if not seeding:
+    if not seeding and args.peer:
         host, port = args.peer.rsplit(":", 1)
         h.connect_peer((host, int(port)))
     next_status = 0.0
@@ -325,14 +329,15 @@ def seeder_cmd(impl: str, torrent: Path, seed_dir: Path, profile: Path | None, p
     ]  # fmt: skip
 
 
-def leecher_cmd(impl: str, torrent: Path, out: Path, port: int, profile: Path | None, preset: str) -> list[str]:
-    peer = f"127.0.0.1:{port}"
+def leecher_cmd(impl: str, torrent: Path, out: Path, port: int | None, profile: Path | None, preset: str) -> list[str]:
+    """The leecher's command; ``port``: the seeder's, None for no peer (the torrent's web seeds only)."""
+    peer = ["--peer", f"127.0.0.1:{port}"] if port is not None else []
     if impl == "libtorrent":
-        return [sys.executable, SELF, "--lt-leech", str(torrent), str(out), "--peer", peer, "--lt-preset", preset]
+        return [sys.executable, SELF, "--lt-leech", str(torrent), str(out), *peer, "--lt-preset", preset]
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     return [
         sys.executable, *prof, "-m", "pyowtorrent", "download", str(torrent),
-        "-o", str(out), "--peer", peer, "--listen", "127.0.0.1", "--json",
+        "-o", str(out), *peer, "--listen", "127.0.0.1", "--json",
     ]  # fmt: skip
 
 
@@ -372,11 +377,52 @@ def run_case(
     seed_impl, leech_impl = CASES[case]
     res = Result(case, seed_impl, leech_impl, run)
     out = work / f"leech-{case}{run}"
+    prof_s, prof_l = profile_paths(res, ctx, work)
+    return run_pair(
+        res,
+        ctx,
+        work,
+        size,
+        torrent,
+        out,
+        seeder_cmd(seed_impl, torrent, seed_dir, prof_s, ctx.lt_preset),
+        lambda port: leecher_cmd(leech_impl, torrent, out, port, prof_l, ctx.lt_preset),
+        prof_s,
+        prof_l,
+    )
+
+
+def profile_paths(res: Result, ctx: argparse.Namespace, work: Path) -> tuple[Path | None, Path | None]:
+    """Where cProfile writes the seeder's and the leecher's profile (pyowtorrent peers only)."""
+    cprof = ctx.profile == "cprofile"
+    tag = f"{res.case}{res.run}"
+    prof_s = work / f"{tag}-seeder.prof" if cprof and res.seeder == "pyowtorrent" else None
+    prof_l = work / f"{tag}-leecher.prof" if cprof and res.leecher == "pyowtorrent" else None
+    return prof_s, prof_l
+
+
+def run_pair(
+    res: Result,
+    ctx: argparse.Namespace,
+    work: Path,
+    size: int,
+    torrent: Path,
+    out: Path,
+    seed_cmd: list[str],
+    leech_cmd: Callable[[int], list[str]],
+    prof_s: Path | None = None,
+    prof_l: Path | None = None,
+) -> Result:
+    """One transfer: start ``seed_cmd``, wait until it is seeding, then time ``leech_cmd(its port)`` into ``out``.
+
+    The seeder is anything that prints pyowtorrent's JSON lines (``listening``,
+    then a ``status`` in state ``seeding``); the leecher downloads ``torrent``'s
+    payload into ``out`` (emptied first), which is checked against ``torrent``
+    and deleted.  Fills in ``res``, whose ``case`` and ``run`` name the files.
+    """
+    case, run, seed_impl, leech_impl = res.case, res.run, res.seeder, res.leecher
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()  # empty: nothing to resume from
-    cprof = ctx.profile == "cprofile"
-    prof_s = work / f"{case}{run}-seeder.prof" if cprof and seed_impl == "pyowtorrent" else None
-    prof_l = work / f"{case}{run}-leecher.prof" if cprof and leech_impl == "pyowtorrent" else None
     spies: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def spy(child: Child) -> None:
@@ -398,7 +444,7 @@ def run_case(
     sampler_thread.start()
     try:
         tag = f"{case}{run}-"
-        seeder = Child("seeder", seed_impl, seeder_cmd(seed_impl, torrent, seed_dir, prof_s, ctx.lt_preset), work, tag)
+        seeder = Child("seeder", seed_impl, seed_cmd, work, tag)
         children.append(seeder)
         ready_deadline = time.perf_counter() + 60 + size / 50e6
         port = seeder.wait_for(lambda d: d.get("event") == "listening", ready_deadline, "listening line")["port"]
@@ -408,8 +454,7 @@ def run_case(
         res.seeder_ready = time.perf_counter() - seeder.started
         spy(seeder)
         cpu0 = proc_cpu(seeder.pid) or (0.0, 0.0, 0)
-        leech_cmd = leecher_cmd(leech_impl, torrent, out, port, prof_l, ctx.lt_preset)
-        leecher = Child("leecher", leech_impl, leech_cmd, work, tag)
+        leecher = Child("leecher", leech_impl, leech_cmd(port), work, tag)
         children.append(leecher)
         spy(leecher)
         deadline = leecher.started + ctx.timeout
@@ -485,22 +530,25 @@ def check_download(torrent: Path, out: Path) -> None:
 
 def table(rows: Sequence[Result], size: int) -> str:
     gib = size / GiB
+    # As wide as the widest "seeder → leecher", at least 27 (this script's rows fit in that).
+    nw = max([27] + [len(f"{r.seeder} → {r.leecher}") for r in rows])
+    cw = max(4, *(len(r.case) for r in rows)) if rows else 4
     head = (
-        f"{'case':<4} {'seeder → leecher':<27} {'wall s':>7} {'start':>6} {'MB/s':>7} {'× (a)':>6} "
+        f"{'case':<{cw}} {'seeder → leecher':<{nw}} {'wall s':>7} {'start':>6} {'MB/s':>7} {'× (a)':>6} "
         f"{'CPU s/GiB':>17} {'peak RSS MiB':>15} {'peak anon MiB':>15}"
     )
-    sub = f"{'':<4} {'':<27} {'':>7} {'':>6} {'':>7} {'':>6} " + " ".join(
+    sub = f"{'':<{cw}} {'':<{nw}} {'':>7} {'':>6} {'':>7} {'':>6} " + " ".join(
         f"{'leech':>{w}} {'seed':>{w}}" for w in (8, 7, 7)
     )
     lines = [head, sub, "-" * len(head)]
     for r in rows:
         name = f"{r.seeder} → {r.leecher}"
         if not r.ok:
-            lines.append(f"{r.case:<4} {name:<27} FAILED: {r.error}")
+            lines.append(f"{r.case:<{cw}} {name:<{nw}} FAILED: {r.error}")
             continue
         ratio = f"{r.ratio:5.2f}×" if r.ratio is not None else "     -"
         lines.append(
-            f"{r.case:<4} {name:<27} {r.seconds:7.2f} {r.startup:6.2f} {r.mb_s:7.1f} {ratio:>6} "
+            f"{r.case:<{cw}} {name:<{nw}} {r.seconds:7.2f} {r.startup:6.2f} {r.mb_s:7.1f} {ratio:>6} "
             f"{r.leecher_cpu / gib:8.2f} {r.seeder_cpu / gib:8.2f} "
             f"{r.leecher_peak_rss / MiB:7.1f} {r.seeder_peak_rss / MiB:7.1f} "
             f"{r.leecher_peak_anon / MiB:7.1f} {r.seeder_peak_anon / MiB:7.1f}"
