@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules adding further subcommands, each with add_arguments(sub, common).
-_COMMAND_MODULES: list[str] = ["daemon", "gdrive"]
+_COMMAND_MODULES: list[str] = ["daemon", "gdrive", "serve"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,7 +82,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
@@ -322,6 +322,25 @@ class Tracker:
         self._port = port
         self._sweeper = asyncio.create_task(self._sweep_periodically(), name="tracker expiry")
         log.info("tracker listening on %s, port %d", ", ".join(hosts), port)
+
+    def mount(self, app: web.Application) -> None:
+        """Serve ``/announce`` and ``/scrape`` from ``app``, another server's application, instead of :meth:`start`.
+
+        The upload service answers announces on its own port this way.  The
+        expiry sweeps run while ``app`` runs; the server's limits are that
+        server's to set (:meth:`start`'s are in the module docstring), and
+        :attr:`port` and :meth:`announce_url` are :meth:`start`'s only.
+        """
+        if self._runner is not None:
+            raise RuntimeError("the tracker is already started")
+        app.router.add_get("/announce", self._handle_announce)
+        app.router.add_get("/scrape", self._handle_scrape)
+        app.cleanup_ctx.append(self._sweeping)
+
+    async def _sweeping(self, app: web.Application) -> AsyncIterator[None]:
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="tracker expiry")
+        yield
+        await self.close()
 
     async def close(self) -> None:
         """Stop listening (the peer lists are kept; the tracker cannot be started again)."""

@@ -14,7 +14,7 @@ from .hasher import Progress, hash_pieces
 from ..metainfo.layout import BLOCK_SIZE, FileEntry, Layout
 from ..metainfo.torrent_file import MAX_PIECE_LENGTH, Metainfo, is_tracker_url, parse_metainfo
 
-__all__ = ["auto_piece_length", "create_torrent", "list_files"]
+__all__ = ["auto_piece_length", "build_metainfo", "create_torrent", "list_files", "tracker_tiers"]
 
 MIN_AUTO_PIECE = 16 << 10
 MAX_AUTO_PIECE = 16 << 20
@@ -106,12 +106,7 @@ def create_torrent(
         piece_length = auto_piece_length(total)
     elif not BLOCK_SIZE <= piece_length <= MAX_PIECE_LENGTH or piece_length & (piece_length - 1):
         raise ValueError(f"piece length {piece_length} must be a power of two from 16 KiB")
-    tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
-    tiers = [t for t in tiers if t]
-    for url in (u for tier in tiers for u in tier):
-        # Checked before hashing: clients would silently drop such a tracker.
-        if not is_tracker_url(url):
-            raise ValueError(f"tracker {url!r} is not a URL BitTorrent clients accept (http, https or udp://host...)")
+    tiers = tracker_tiers(trackers)  # checked before hashing: a bad URL should not cost an hour
 
     layout = Layout(piece_length, files)
     sizes = [os.stat(p).st_size if p is not None else 0 for p in paths]
@@ -121,10 +116,62 @@ def create_torrent(
         raise StorageError(f"cannot read piece {index}: {reason}")
     if [os.stat(p).st_size if p is not None else 0 for p in paths] != sizes:
         raise StorageError(f"{root}: files changed while they were being hashed")
+    return build_metainfo(
+        name,
+        files,
+        piece_length,
+        bytes(hashes.digests),
+        multi_file=is_dir,
+        trackers=tiers,
+        web_seeds=web_seeds,
+        private=private,
+        comment=comment,
+        created_by=created_by,
+        creation_date=creation_date,
+    )
 
+
+def tracker_tiers(trackers: Sequence[str | Sequence[str]]) -> list[list[str]]:
+    """``trackers`` as BEP 12 tiers (a URL alone is a tier), empty tiers dropped.
+
+    Raises ``ValueError`` for a URL that BitTorrent clients would silently drop.
+    """
+    tiers = [[t] if isinstance(t, str) else list(t) for t in trackers]
+    tiers = [t for t in tiers if t]
+    for url in (u for tier in tiers for u in tier):
+        if not is_tracker_url(url):
+            raise ValueError(f"tracker {url!r} is not a URL BitTorrent clients accept (http, https or udp://host...)")
+    return tiers
+
+
+def build_metainfo(
+    name: str,
+    files: Sequence[FileEntry],
+    piece_length: int,
+    pieces: bytes,
+    *,
+    multi_file: bool,
+    trackers: Sequence[str | Sequence[str]] = (),
+    web_seeds: Sequence[str] = (),
+    private: bool = False,
+    comment: str | None = None,
+    created_by: str | None = f"pyowtorrent/{__version__}",
+    creation_date: int | None = -1,
+) -> Metainfo:
+    """The torrent of ``files`` (laid out as :class:`Layout` does) whose piece hashes are known already.
+
+    :func:`create_torrent` hashes files on disk and ends here; the upload
+    service hashes an upload while it arrives and comes straight here.
+    ``files``' paths start with ``name`` (the torrent's directory) when
+    ``multi_file``, and are ``(name,)`` for a single file.  ``pieces`` is the
+    SHA-1 of each piece, concatenated.  Raises :class:`MetainfoError` for a
+    name a client would save under another name.
+    """
+    tiers = tracker_tiers(trackers)
+    total = sum(f.length for f in files)
     info: dict[bytes, Any] = {b"name": name.encode("utf-8", "surrogateescape"), b"piece length": piece_length}
-    info[b"pieces"] = bytes(hashes.digests)
-    if is_dir:
+    info[b"pieces"] = bytes(pieces)
+    if multi_file:
         info[b"files"] = [
             {b"length": f.length, b"path": [p.encode("utf-8", "surrogateescape") for p in f.path[1:]]} for f in files
         ]
