@@ -1,5 +1,7 @@
 #!/bin/sh
 # Install what the test suite needs on a fresh machine, then check and run it.
+#   - Debian's chromium and chromium-driver: a real browser for the upload page's test
+#     (Selenium drives it);
 #   - Debian's opentracker and aria2: a real tracker, and a real client other than
 #     libtorrent, for the interop tests (apt-get, when missing);
 #   - the package with its 'test' and 'gdrive' extras: pytest, xdist, hypothesis, the
@@ -10,11 +12,12 @@
 #   - then: imports go downward only (lint-imports), types check (mypy), the tests.
 set -eu
 cd "$(dirname "$0")/.."
-if ! command -v opentracker >/dev/null 2>&1 || ! command -v aria2c >/dev/null 2>&1; then
+if ! command -v opentracker >/dev/null 2>&1 || ! command -v aria2c >/dev/null 2>&1 \
+        || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opentracker aria2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq opentracker aria2 chromium chromium-driver
 fi
 python -m pip install -q '.[test,gdrive]'
 python -m pip install -q 'owmeta-core==0.13.5'
