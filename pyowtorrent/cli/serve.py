@@ -3,7 +3,8 @@
 Prints one line once it serves (``serving DIR at URL``), then runs until
 Ctrl-C (exit 130) or SIGTERM (exit 0), both ending cleanly: uploads under way
 are abandoned and their files removed, resume data is saved.  SIGHUP reads
-the tokens file again (a token added or revoked).  A configuration it cannot
+the tokens file and the passkeys file again (a token or a passkey added or
+revoked by hand).  A configuration it cannot
 run with (a tokens file others may read, a port in use, an unreadable
 catalog) is a one-line error and exit 2.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,17 @@ def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
         help="without --tokens, let anyone who reaches the service upload: only with --listen on loopback",
     )
     p.add_argument("--private-reads", action="store_true", help="the list of datasets and the torrents need a token too")
+    p.add_argument(
+        "--private",
+        action="store_true",
+        help="make every upload private (BEP 27, passkeys), not only those sent with ?private=1",
+    )
+    p.add_argument(
+        "--passkeys",
+        metavar="FILE",
+        help="the private mode's 'passkey user' lines, mode 0600 (default: DIR/.pyowtorrent/passkeys);"
+        " POST/DELETE /passkeys edit it, SIGHUP reads it again",
+    )
     p.add_argument("--peer-port", type=int, default=6881, help="the seeding session's peer port (default 6881)")
     p.add_argument("--tracker", action="append", default=[], metavar="URL", help="another tracker for every torrent")
     p.add_argument(
@@ -86,7 +99,9 @@ def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from ..service.app import ServiceConfig, UploadService
     from ..service.auth import Tokens
+    from ..service.passkeys import redact_logs
 
+    redact_logs(logging.getLogger("pyowtorrent"), handlers=True)  # no passkey in full in any log line
     tokens = Tokens.load(args.tokens) if args.tokens else None
     config = ServiceConfig(
         data_dir=Path(args.data),
@@ -102,6 +117,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_size=args.max_upload_size,
         max_concurrent_uploads=args.max_concurrent_uploads,
         read_timeout=args.read_timeout,
+        passkeys=Path(args.passkeys) if args.passkeys else None,
+        private=args.private,
     )
 
     async def main() -> int:
@@ -109,11 +126,18 @@ def run_serve(args: argparse.Namespace) -> int:
         service = UploadService(config)
         await service.start()
         try:
-            if tokens is not None:
-                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tokens.reload)
+
+            def reload() -> None:
+                if tokens is not None:
+                    tokens.reload()
+                service.passkeys.reload()
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
             uploads = "token holders may upload" if tokens else "no uploads (no --tokens)"
             if tokens is None and config.allow_anonymous_uploads:
                 uploads = "anyone on loopback may upload"
+            if config.private:
+                uploads += ", every upload private"
             print(f"serving {config.data_dir} at {service.public_url} ({uploads})", flush=True)
             print(f"tracker: {service.announce_url}; peers on port {service.session.listen_port}", flush=True)
             await stop.wait()

@@ -24,20 +24,27 @@ vouches for.
 
 The API (every answer JSON, errors too: ``{"status", "code", "error"}``):
 
-===========================================  ===================================================
-``PUT /uploads/{name}[?replace=1]``          ``201`` the dataset (below) and ``replaced``
-``POST /uploads[?name=N][&replace=1]``       the same, from a form's one file field
-``GET /uploads``                             ``{"uploads": [dataset...], "receiving": [...]}``
-``GET /uploads/{name}``                      the dataset
-``DELETE /uploads/{name}``                   ``{"name", "info_hash", "deleted": true}``
-``GET /torrents/{info_hash}.torrent``        the ``.torrent`` (``application/x-bittorrent``)
-``GET /data/{name}``                         the payload, byte ranges answered ``206``
-``GET /healthz``                             ``{"status": "ok", "datasets", "seeding", ...}``
-===========================================  ===================================================
+================================================  ===================================================
+``PUT /uploads/{name}[?replace=1][&private=1]``   ``201`` the dataset (below) and ``replaced``
+``POST /uploads[?name=N][&replace=1][&private=1]``  the same, from a form's one file field
+``GET /uploads[?pk=KEY]``                         ``{"uploads": [dataset...], "receiving": [...]}``
+``GET /uploads/{name}[?pk=KEY]``                  the dataset
+``DELETE /uploads/{name}``                        ``{"name", "info_hash", "deleted": true}``
+``GET /torrents/{info_hash}.torrent[?pk=KEY]``    the ``.torrent`` (``application/x-bittorrent``)
+``GET /data/{name}``                              the payload, byte ranges answered ``206``
+``GET /data/{passkey}/{name}``                    the same, for a passkey holder (private datasets)
+``GET /passkeys``                                 ``{"users": [{"user", "passkey": "3f9a..."}]}``
+``POST /passkeys?user=U[&replace=1]``             ``201`` ``{"user", "passkey", "uploads_url", ...}``
+``DELETE /passkeys/{user}``                       ``{"user", "revoked": true}``
+``GET /healthz``                                  ``{"status": "ok", "datasets", "seeding", ...}``
+================================================  ===================================================
 
 Writes need a bearer token (:mod:`.auth`); reads too with ``private_reads``,
 except the web seed, the tracker and ``/healthz``, which BitTorrent clients
-and monitors use without one.  :func:`make_app` wires the routes;
+and monitors use without one.  A private dataset (:mod:`.passkeys`) is
+listed to token and passkey holders only, and its ``.torrent``, web seed
+and tracker need a passkey (``?pk=KEY``; the web seed's in its path); the
+``/passkeys`` routes need a token.  :func:`make_app` wires the routes;
 :meth:`UploadService.describe` is the dataset's JSON.
 """
 
@@ -76,6 +83,18 @@ from .catalog import (
     remove_dataset_state,
     sweep_leftovers,
     unlink_quietly,
+)
+from .passkeys import (
+    KEYED_DATA_ROUTE,
+    SEEDER_LOGGERS,
+    Passkeys,
+    Viewer,
+    check_user,
+    keyed_announce,
+    keyed_data,
+    personal_torrent,
+    redact,
+    redact_logs,
 )
 from .tracker import Tracker
 from .uploads import (
@@ -123,6 +142,8 @@ class ServiceConfig:
     max_concurrent_uploads: int = 4
     read_timeout: float = 60.0
     tracker_interval: int = 1800  # seconds between a client's announces
+    passkeys: Path | None = None  # default: <data_dir>/.pyowtorrent/passkeys
+    private: bool = False  # every upload private (BEP 27, passkeys), not only those with ?private=1
 
     def check(self) -> None:
         """Refuse a configuration that cannot work or would be unsafe; :class:`PyowtorrentError` says why."""
@@ -176,6 +197,7 @@ class UploadService:
         self.reservations = Reservations(config.max_concurrent_uploads)
         self.limits = Limits(config.max_upload_size, config.read_timeout)
         self.tracker = Tracker(interval=config.tracker_interval, allowed_info_hashes=[])
+        self.passkeys = Passkeys(config.passkeys or self.paths.passkeys)
         self.session = Session(listen=list(config.listen), port=config.peer_port, resume_dir=self.paths.resume)
         # Upload writes, hashing and zip checks: at most a write and a few digests per upload at once.
         self.executor = ThreadPoolExecutor(
@@ -196,6 +218,7 @@ class UploadService:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.executor, self.paths.make)
+            await loop.run_in_executor(self.executor, self.passkeys.load)
             self.catalog = await loop.run_in_executor(self.executor, Catalog.load, self.paths.catalog)
             await loop.run_in_executor(self.executor, sweep_leftovers, self.paths, self.catalog)
             await self.session.start()
@@ -211,9 +234,12 @@ class UploadService:
         log.info("serving %s at %s (%d datasets)", self.paths.data, self.public_url, len(self.catalog))
 
     async def _serve_http(self) -> None:
+        access_log = logging.getLogger(f"{__name__}.access")
+        for logger in (access_log, *map(logging.getLogger, SEEDER_LOGGERS)):
+            redact_logs(logger)  # a request line, an announce URL may hold a passkey
         runner = web.AppRunner(
             make_app(self),
-            access_log=logging.getLogger(f"{__name__}.access"),
+            access_log=access_log,
             handle_signals=False,
             shutdown_timeout=2.0,
             keepalive_timeout=15.0,
@@ -298,12 +324,15 @@ class UploadService:
 
     # -- publishing, deleting -------------------------------------------------------------
 
-    async def publish(self, name: str, received: Received, replace: bool) -> tuple[Dataset, bool]:
+    async def publish(
+        self, name: str, received: Received, replace: bool, private: bool = False
+    ) -> tuple[Dataset, bool]:
         """Make the torrent of a received upload, move it into place, record it, seed it.
 
         The name is reserved by the caller.  Returns the dataset and whether it
         replaced one.  The dataset exists once the catalog naming it is saved;
-        a failure before that removes what this upload wrote.
+        a failure before that removes what this upload wrote.  A ``private``
+        one carries this service's tracker and web seed only (:mod:`.passkeys`).
         """
         hashes = received.hashes
         length = hashes.piece_length
@@ -316,13 +345,14 @@ class UploadService:
                 length,
                 hashes.pieces[length],
                 multi_file=False,
-                trackers=self._tiers(),
-                web_seeds=self._web_seeds(name),
+                trackers=[self.announce_url] if private else self._tiers(),
+                web_seeds=[self.web_seed_url(name)] if private else self._web_seeds(name),
+                private=private,
             )
         except BaseException:
             await discard(received.path, self.executor)
             raise
-        dataset = Dataset(name, hashes.size, hashes.sha256, meta.info_hash, length, time.time())
+        dataset = Dataset(name, hashes.size, hashes.sha256, meta.info_hash, length, time.time(), private)
         # Run to its end even if the request is cancelled (the service stopping):
         # a payload moved into place that the catalog does not name would hold its name.
         old = await asyncio.shield(self._commit(dataset, meta, received))
@@ -395,8 +425,12 @@ class UploadService:
     async def _seed(self, dataset: Dataset, meta: Metainfo) -> None:
         self._metas[dataset.name] = meta
         self._problems.pop(dataset.name, None)
+        trackers = None
+        if dataset.private:  # guarded before it is tracked; the seeder announces with its own passkey
+            self.passkeys.guard(meta.info_hash)
+            trackers = [[keyed_announce(self.public_url, self.passkeys.seeder_key)]]
         self.tracker.allow(meta.info_hash)
-        self.torrents[dataset.name] = await self.session.add_torrent(meta, self.paths.data)
+        self.torrents[dataset.name] = await self.session.add_torrent(meta, self.paths.data, trackers=trackers)
 
     async def _retire(self, dataset: Dataset) -> None:
         self._metas.pop(dataset.name, None)
@@ -405,6 +439,7 @@ class UploadService:
         if torrent is not None:
             await self.session.remove_torrent(torrent)
         self.tracker.disallow(dataset.info_hash)
+        self.passkeys.unguard(dataset.info_hash)
 
     async def _seed_again(self, dataset: Dataset) -> None:
         """Seed a dataset of the catalog at start: its resume data spares the re-hash."""
@@ -416,7 +451,7 @@ class UploadService:
         except (PyowtorrentError, OSError) as exc:
             self._problems[dataset.name] = f"cannot seed: {exc}"
         else:
-            if meta.info_hash != dataset.info_hash:
+            if meta.info_hash != dataset.info_hash or meta.private != dataset.private:
                 self._problems[dataset.name] = "cannot seed: its .torrent file is another torrent's"
             elif st.st_size != dataset.size:
                 self._problems[dataset.name] = f"cannot seed: {payload} is {st.st_size} bytes, not {dataset.size}"
@@ -427,12 +462,10 @@ class UploadService:
 
     # -- what the API shows ---------------------------------------------------------------------
 
-    def describe(self, dataset: Dataset) -> dict[str, Any]:
-        """A dataset as ``GET /uploads`` lists it."""
+    def describe(self, dataset: Dataset, passkey: str | None = None) -> dict[str, Any]:
+        """A dataset as ``GET /uploads`` lists it: a private one's links for the holder of ``passkey``."""
         torrent = self.torrents.get(dataset.name)
         st = torrent.status() if torrent is not None else None
-        meta = self._metas.get(dataset.name)
-        magnet = meta.magnet() if meta is not None else _magnet(dataset, self._tiers(), self._web_seeds(dataset.name))
         swarm = self.tracker.peers(dataset.info_hash)
         return {
             "name": dataset.name,
@@ -441,9 +474,8 @@ class UploadService:
             "info_hash": dataset.info_hash.hex(),
             "piece_length": dataset.piece_length,
             "num_pieces": -(-dataset.size // dataset.piece_length),
-            "magnet": magnet,
-            "torrent_url": self.torrent_url(dataset.info_hash),
-            "web_seed_url": self.web_seed_url(dataset.name),
+            "private": dataset.private,
+            **self._links(dataset, passkey),
             "added": datetime.datetime.fromtimestamp(dataset.added, datetime.timezone.utc).isoformat(timespec="seconds"),
             "state": st.state.value if st is not None else "missing",
             "peers": st.num_peers if st is not None else 0,
@@ -451,9 +483,25 @@ class UploadService:
             "upload_rate": round(st.upload_rate) if st is not None else 0,
             "checked_bytes": st.checked_bytes if st is not None else 0,
             "swarm": {"seeders": sum(p.left == 0 for p in swarm), "leechers": sum(p.left > 0 for p in swarm)},
-            "trackers": [{"url": t.url, "working": t.working, "error": t.last_error} for t in (st.trackers if st else ())],
+            "trackers": [
+                {"url": redact(t.url), "working": t.working, "error": t.last_error and redact(t.last_error)}
+                for t in (st.trackers if st else ())
+            ],
             "error": (st.error if st is not None else None) or self._problems.get(dataset.name),
         }
+
+    def _links(self, dataset: Dataset, passkey: str | None) -> dict[str, Any]:
+        """The magnet, ``.torrent`` and web seed URLs; a private dataset's carry ``passkey`` (no magnet without one)."""
+        name, torrent_url = dataset.name, self.torrent_url(dataset.info_hash)
+        if not dataset.private:
+            meta = self._metas.get(name)
+            magnet = meta.magnet() if meta is not None else _magnet(dataset, self._tiers(), self._web_seeds(name))
+            return {"magnet": magnet, "torrent_url": torrent_url, "web_seed_url": self.web_seed_url(name)}
+        if passkey is None:
+            return {"magnet": None, "torrent_url": torrent_url, "web_seed_url": self.web_seed_url(name)}
+        web_seed = self.web_seed_url(name, keyed_data(self.public_url, passkey))
+        magnet = _magnet(dataset, [keyed_announce(self.public_url, passkey)], [web_seed])
+        return {"magnet": magnet, "torrent_url": f"{torrent_url}?pk={passkey}", "web_seed_url": web_seed}
 
     def health(self) -> dict[str, Any]:
         states = [t.state for t in self.torrents.values()]
@@ -484,7 +532,7 @@ def make_app(service: UploadService) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[SERVICE] = service
     app.on_response_prepare.append(_common_headers)
-    service.tracker.mount(app)
+    service.tracker.mount(app, gate=service.passkeys)
     r = app.router
     r.add_put("/uploads/{name:.+}", _put_upload, expect_handler=_expect_put)
     r.add_post("/uploads", _post_upload, expect_handler=_expect_post)
@@ -493,6 +541,10 @@ def make_app(service: UploadService) -> web.Application:
     r.add_delete("/uploads/{name:.+}", _delete_upload)
     r.add_get("/torrents/{info_hash:[0-9a-fA-F]{40}}.torrent", _get_torrent)
     r.add_get("/data/{name}", _get_data)
+    r.add_get(KEYED_DATA_ROUTE, _get_keyed_data)
+    r.add_get("/passkeys", _list_passkeys)
+    r.add_post("/passkeys", _post_passkey)
+    r.add_delete("/passkeys/{user}", _delete_passkey)
     r.add_get("/healthz", _healthz)
     r.add_get("/", _index)
     if STATIC_DIR.is_dir():
@@ -518,7 +570,7 @@ def _error_response(exc: UploadError) -> web.Response:
 def _log_refusal(request: web.Request, exc: UploadError) -> None:
     level = logging.ERROR if exc.status >= 500 else logging.WARNING
     what = "ended, nothing kept" if isinstance(exc, ClientGone) else f"refused: {exc.status}"
-    log.log(level, "%s %s from %s %s: %s", request.method, request.path, request.remote, what, exc.message)
+    log.log(level, "%s %s from %s %s: %s", request.method, redact(request.path), request.remote, what, exc.message)
 
 
 @web.middleware
@@ -537,7 +589,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         code = exc.reason.lower().replace(" ", "_")
         return _error_response(UploadError(exc.status, code, exc.reason, headers))
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, redact(request.path))
         return _error_response(UploadError(500, "internal", "internal error (see the service's log)"))
 
 
@@ -563,39 +615,71 @@ def _authorize(request: web.Request, what: str) -> None:
         raise UploadError(403, "token_refused", "this token is not one of the service's")
 
 
-def _authorize_read(request: web.Request) -> None:
-    if request.app[SERVICE].config.private_reads:
+def _viewer(request: web.Request) -> Viewer:
+    """Who reads: a passkey in force (``?pk=``), a token holder, or anyone (a token needed with ``private_reads``)."""
+    service = request.app[SERVICE]
+    passkey = request.query.get("pk")
+    if passkey is not None:
+        service.passkeys.require(passkey)
+        return Viewer(admin=False, passkey=passkey)
+    config = service.config
+    if config.private_reads:
         _authorize(request, "reading this service's catalog")
+        return Viewer(admin=True)
+    if config.tokens is None:
+        return Viewer(admin=config.allow_anonymous_uploads)
+    return Viewer(admin=config.tokens.check(request.headers.get("Authorization")) is Access.GRANTED)
 
 
-def _replace_flag(request: web.Request) -> bool:
-    value = request.query.get("replace", "0").lower()
+def _private_refusal(dataset: Dataset) -> UploadError:
+    return UploadError(
+        403, "passkey_required", f"{dataset.name!r} is private: add ?pk=YOUR_PASSKEY, or use your own .torrent's URLs"
+    )
+
+
+def _flag(request: web.Request, name: str, default: bool = False) -> bool:
+    value = request.query.get(name, "1" if default else "0").lower()
     if value in ("1", "true", "yes"):
         return True
     if value in ("0", "false", "no", ""):
         return False
-    raise UploadError(400, "bad_query", "replace must be 1 or 0")
+    raise UploadError(400, "bad_query", f"{name} must be 1 or 0")
 
 
-def _admit_put(request: web.Request) -> tuple[str, bool]:
-    """Every check a raw upload passes before a byte of its body is read."""
+def _replace_flag(request: web.Request) -> bool:
+    return _flag(request, "replace")
+
+
+def _private_flag(request: web.Request) -> bool:
+    """``?private=1``: a private dataset (always, with the service's ``private``; ``?private=0`` is then refused)."""
+    always = request.app[SERVICE].config.private
+    private = _flag(request, "private", always)
+    if always and not private:
+        raise UploadError(400, "private_only", "this service publishes private datasets only (--private)")
+    return private
+
+
+def _admit_put(request: web.Request) -> tuple[str, bool, bool]:
+    """Every check a raw upload passes before a byte of its body is read; the name, replace, private."""
     service = request.app[SERVICE]
     _authorize(request, "uploading")
     name = check_name(request.match_info["name"])
     replace = _replace_flag(request)
+    private = _private_flag(request)
     service.check_free(name, replace)
     declared = request.content_length
     if declared is not None and declared > service.limits.max_size:
         raise UploadError(413, "too_large", f"{declared} bytes is over the limit of {service.limits.max_size}")
     service.reservations.check_room()
-    return name, replace
+    return name, replace, private
 
 
-def _admit_post(request: web.Request) -> bool:
-    """Every check a form upload passes before its body is read (its name is in the body)."""
+def _admit_post(request: web.Request) -> tuple[bool, bool]:
+    """Every check a form upload passes before its body is read (its name is in the body); replace, private."""
     service = request.app[SERVICE]
     _authorize(request, "uploading")
     replace = _replace_flag(request)
+    private = _private_flag(request)
     if request.content_type != "multipart/form-data":
         raise UploadError(
             415, "not_a_form", "POST a multipart/form-data body with one file, or PUT the raw file to /uploads/{name}"
@@ -604,7 +688,7 @@ def _admit_post(request: web.Request) -> bool:
     if declared is not None and declared > service.limits.max_size + MULTIPART_SLACK:
         raise UploadError(413, "too_large", f"{declared} bytes is over the limit of {service.limits.max_size}")
     service.reservations.check_room()
-    return replace
+    return replace, private
 
 
 async def _expect(request: web.Request, admit: Any) -> web.StreamResponse | None:
@@ -644,7 +728,7 @@ def _created(service: UploadService, dataset: Dataset, replaced: bool) -> web.Re
 
 async def _put_upload(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    name, replace = _admit_put(request)
+    name, replace, private = _admit_put(request)
     declared = request.content_length
     with service.reservations.slot(), service.reservations.name(name) as progress:
         received = await receive(
@@ -656,13 +740,13 @@ async def _put_upload(request: web.Request) -> web.Response:
             executor=service.executor,
             progress=progress,
         )
-        dataset, replaced = await service.publish(name, received, replace)
+        dataset, replaced = await service.publish(name, received, replace, private)
     return _created(service, dataset, replaced)
 
 
 async def _post_upload(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    replace = _admit_post(request)
+    replace, private = _admit_post(request)
     timeout = service.limits.read_timeout
     with service.reservations.slot():
         try:
@@ -687,16 +771,16 @@ async def _post_upload(request: web.Request) -> web.Response:
             except BaseException:
                 await discard(received.path, service.executor)
                 raise
-            dataset, replaced = await service.publish(name, received, replace)
+            dataset, replaced = await service.publish(name, received, replace, private)
     return _created(service, dataset, replaced)
 
 
 async def _list_uploads(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    _authorize_read(request)
+    viewer = _viewer(request)
     return web.json_response(
         {
-            "uploads": [service.describe(d) for d in service.catalog],
+            "uploads": [service.describe(d, viewer.passkey) for d in service.catalog if viewer.sees(d)],
             "receiving": [{"name": n, "received": b} for n, b in service.reservations.receiving().items()],
         }
     )
@@ -711,8 +795,11 @@ def _dataset(request: web.Request) -> Dataset:
 
 
 async def _get_upload(request: web.Request) -> web.Response:
-    _authorize_read(request)
-    return web.json_response(request.app[SERVICE].describe(_dataset(request)))
+    viewer = _viewer(request)
+    dataset = _dataset(request)
+    if not viewer.sees(dataset):
+        raise _private_refusal(dataset)
+    return web.json_response(request.app[SERVICE].describe(dataset, viewer.passkey))
 
 
 async def _delete_upload(request: web.Request) -> web.Response:
@@ -724,28 +811,80 @@ async def _delete_upload(request: web.Request) -> web.Response:
     return web.json_response({"name": dataset.name, "info_hash": dataset.info_hash.hex(), "deleted": True})
 
 
-async def _get_torrent(request: web.Request) -> web.FileResponse:
+async def _get_torrent(request: web.Request) -> web.StreamResponse:
+    """The ``.torrent``; a private dataset's only with ``?pk=``, that user's own copy (:func:`.personal_torrent`)."""
     service = request.app[SERVICE]
-    _authorize_read(request)
+    viewer = _viewer(request)
     info_hash = bytes.fromhex(request.match_info["info_hash"])
     dataset = service.catalog.by_info_hash(info_hash)
     if dataset is None:
         raise UploadError(404, "not_found", f"no torrent with info-hash {info_hash.hex()}")
-    filename = f"{dataset.name}.torrent"
-    return web.FileResponse(
-        service.paths.torrent(info_hash),
-        headers={
-            "Content-Type": "application/x-bittorrent",
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
-        },
+    headers = {
+        "Content-Type": "application/x-bittorrent",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(dataset.name + '.torrent', safe='')}",
+    }
+    if not dataset.private:
+        return web.FileResponse(service.paths.torrent(info_hash), headers=headers)
+    if viewer.passkey is None:
+        raise _private_refusal(dataset)
+    path = service.paths.torrent(info_hash)
+    meta = await asyncio.get_running_loop().run_in_executor(service.executor, load_metainfo, path)
+    base, passkey = service.public_url, viewer.passkey
+    body = personal_torrent(
+        meta, keyed_announce(base, passkey), service.web_seed_url(dataset.name, keyed_data(base, passkey))
     )
+    return web.Response(body=body, headers={**headers, "Cache-Control": "private, no-store"})
 
 
 async def _get_data(request: web.Request) -> web.FileResponse:
-    """A payload with byte ranges (``206``): every torrent's web seed.  Public (BitTorrent clients send no token)."""
+    """A payload with byte ranges (``206``): every public torrent's web seed (BitTorrent clients send no token)."""
     service = request.app[SERVICE]
     dataset = _dataset(request)
+    if dataset.private:
+        raise _private_refusal(dataset)
     return web.FileResponse(service.paths.payload(dataset.name), headers={"Content-Type": "application/zip"})
+
+
+async def _get_keyed_data(request: web.Request) -> web.FileResponse:
+    """A payload for a passkey holder (``/data/{passkey}/{name}``): a private torrent's web seed."""
+    service = request.app[SERVICE]
+    service.passkeys.require(request.match_info["passkey"])
+    dataset = _dataset(request)
+    return web.FileResponse(service.paths.payload(dataset.name), headers={"Content-Type": "application/zip"})
+
+
+# -- passkeys: handing out, revoking (token holders only) ------------------------------------------
+
+
+async def _list_passkeys(request: web.Request) -> web.Response:
+    _authorize(request, "listing passkeys")
+    return web.json_response({"users": request.app[SERVICE].passkeys.users()})
+
+
+async def _post_passkey(request: web.Request) -> web.Response:
+    """A new passkey for ``?user=``, and where its holder finds the private datasets with it."""
+    service = request.app[SERVICE]
+    _authorize(request, "handing out passkeys")
+    user = check_user(request.query.get("user", ""))
+    passkey, replaced = await service.passkeys.issue(user, _replace_flag(request), service.executor)
+    torrents = {d.name: f"{service.torrent_url(d.info_hash)}?pk={passkey}" for d in service.catalog if d.private}
+    doc = {
+        "user": user,
+        "passkey": passkey,
+        "replaced": replaced,
+        "announce_url": keyed_announce(service.public_url, passkey),
+        "uploads_url": f"{service.public_url}uploads?pk={passkey}",
+        "torrents": torrents,
+    }
+    return web.json_response(doc, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def _delete_passkey(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    _authorize(request, "revoking passkeys")
+    user = request.match_info["user"]
+    await service.passkeys.revoke(user, service.executor)
+    return web.json_response({"user": user, "revoked": True})
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -20,7 +20,8 @@ not in the file is ``403``.
 Revoking a token: delete its line, then reload (``SIGHUP`` to ``pyowtorrent
 serve``, or :meth:`Tokens.reload`).  A reload that finds the file broken keeps
 the tokens it had and says why.  (The private mode's per-user passkeys, for
-the tracker and the web seed, are a separate, later mechanism.)
+the tracker, the web seed and the ``.torrent`` of a private dataset, are a
+separate mechanism with a file of the same rules: :mod:`.passkeys`.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..errors import PyowtorrentError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_TOKEN_LENGTH", "Access", "Tokens", "TokensError", "bearer_token"]
+__all__ = ["MIN_TOKEN_LENGTH", "Access", "Tokens", "TokensError", "bearer_token", "read_owner_only"]
 
 #: Shorter tokens are refused: a token is a password that a script keeps, so it can be long.
 MIN_TOKEN_LENGTH: Final = 16
@@ -117,30 +118,40 @@ class Tokens:
         return Access.GRANTED if found else Access.WRONG_TOKEN
 
 
-def _read_tokens(path: Path) -> list[str]:
+def read_owner_only(path: Path, what: str, error: type[PyowtorrentError]) -> str:
+    """The text of a small secrets file that only its owner may read or write (blocking).
+
+    Refused with ``error`` (saying why, and naming ``what`` the file is): a
+    file that cannot be opened, a symbolic link, not a regular file, one the
+    group or others may read or write, over 1 MiB, or not UTF-8.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise TokensError(f"{path}: cannot read the tokens file: {exc.strerror or exc}") from None
+        raise error(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise TokensError(f"{path}: the tokens file is not a regular file")
+            raise error(f"{path}: the {what} is not a regular file")
         if st.st_mode & 0o077:
-            raise TokensError(
-                f"{path}: the tokens file may be read or written by others (mode {stat.S_IMODE(st.st_mode):04o});"
+            raise error(
+                f"{path}: the {what} may be read or written by others (mode {stat.S_IMODE(st.st_mode):04o});"
                 f" make it the owner's alone: chmod 600 {path}"
             )
         if st.st_size > _MAX_FILE_SIZE:
-            raise TokensError(f"{path}: the tokens file is over {_MAX_FILE_SIZE} bytes; it should be a short list")
+            raise error(f"{path}: the {what} is over {_MAX_FILE_SIZE} bytes; it should be a short list")
         with os.fdopen(fd, "rb", closefd=False) as f:
             raw = f.read(_MAX_FILE_SIZE + 1)
     finally:
         os.close(fd)
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise TokensError(f"{path}: the tokens file is not UTF-8 text") from None
+        raise error(f"{path}: the {what} is not UTF-8 text") from None
+
+
+def _read_tokens(path: Path) -> list[str]:
+    text = read_owner_only(path, "tokens file", TokensError)
     tokens: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         token = line.split("#", 1)[0].strip()

@@ -4,6 +4,7 @@ Layout of the data directory ``DIR`` (the ``--data`` of ``pyowtorrent serve``)::
 
     DIR/<name>                              each payload, under its upload name
     DIR/.pyowtorrent/catalog.json           the list of datasets (this module)
+    DIR/.pyowtorrent/passkeys               the private mode's passkeys, unless --passkeys puts them elsewhere
     DIR/.pyowtorrent/torrents/<ih>.torrent  each dataset's torrent
     DIR/.pyowtorrent/resume/<ih>.resume.json   the seeding session's resume data
     DIR/.pyowtorrent/tmp/                   uploads under way
@@ -19,6 +20,10 @@ lists it is on disk (written whole to a temporary file, fsynced, renamed).
 So a crash leaves either the old list or the new one; what a crash leaves
 half done (a temporary upload, a torrent or resume file nobody lists) is
 swept at the next start (:func:`sweep_leftovers`).
+
+A catalog listing a private dataset is written as version 2 (else version 1,
+as before private datasets): a release that does not know the private mode
+refuses to start with it rather than serve a private payload to anyone.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ __all__ = [
 ]
 
 CATALOG_VERSION: Final = 1
+#: The version of a catalog that lists a private dataset (see the module docstring).
+PRIVATE_CATALOG_VERSION: Final = 2
 STATE_DIR_NAME: Final = ".pyowtorrent"
 
 
@@ -70,6 +77,11 @@ class ServicePaths:
     @property
     def catalog(self) -> Path:
         return self.state / "catalog.json"
+
+    @property
+    def passkeys(self) -> Path:
+        """The passkeys file, unless configured elsewhere (:mod:`.passkeys`)."""
+        return self.state / "passkeys"
 
     @property
     def torrents(self) -> Path:
@@ -111,9 +123,10 @@ class Dataset:
     info_hash: bytes
     piece_length: int
     added: float  # seconds since the epoch
+    private: bool = False  # BEP 27, and a passkey needed for its tracker, web seed and .torrent
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "name": self.name,
             "size": self.size,
             "sha256": self.sha256.hex(),
@@ -121,6 +134,9 @@ class Dataset:
             "piece_length": self.piece_length,
             "added": self.added,
         }
+        if self.private:
+            doc["private"] = True
+        return doc
 
     @classmethod
     def from_json(cls, doc: Any) -> Dataset:
@@ -130,10 +146,13 @@ class Dataset:
             raise TypeError("name, size and piece_length must be a string and integers")
         if not isinstance(added, (int, float)):
             raise TypeError("added must be a number")
+        private = doc.get("private", False)
+        if not isinstance(private, bool):
+            raise TypeError("private must be true or false")
         sha256, info_hash = bytes.fromhex(doc["sha256"]), bytes.fromhex(doc["info_hash"])
         if len(sha256) != 32 or len(info_hash) != 20:
             raise ValueError("sha256 is 32 bytes and info_hash 20")
-        return cls(name, size, sha256, info_hash, piece_length, float(added))
+        return cls(name, size, sha256, info_hash, piece_length, float(added), private)
 
 
 class Catalog:
@@ -154,8 +173,8 @@ class Catalog:
             raise CatalogError(f"{path}: cannot read the catalog: {exc}") from None
         try:
             doc = json.loads(text)
-            if doc.get("version") != CATALOG_VERSION:
-                raise ValueError(f"version {doc.get('version')!r}, not {CATALOG_VERSION}")
+            if doc.get("version") not in (CATALOG_VERSION, PRIVATE_CATALOG_VERSION):
+                raise ValueError(f"version {doc.get('version')!r}, not {CATALOG_VERSION} or {PRIVATE_CATALOG_VERSION}")
             datasets = [Dataset.from_json(entry) for entry in doc["datasets"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CatalogError(f"{path}: not a catalog this version can read ({exc}); fix or move it away") from None
@@ -163,7 +182,9 @@ class Catalog:
 
     def save(self) -> None:
         """Write the catalog whole, atomically and durably (blocking: run it off the event loop)."""
-        doc = {"version": CATALOG_VERSION, "datasets": [d.to_json() for d in self._by_name.values()]}
+        datasets = list(self._by_name.values())
+        version = PRIVATE_CATALOG_VERSION if any(d.private for d in datasets) else CATALOG_VERSION
+        doc = {"version": version, "datasets": [d.to_json() for d in datasets]}
         write_atomically(self.path, json.dumps(doc, indent=1))
 
     def __iter__(self) -> Iterator[Dataset]:
@@ -226,6 +247,8 @@ def sweep_leftovers(paths: ServicePaths, catalog: Catalog) -> None:
     """
     for leftover in sorted(paths.tmp.iterdir()):
         log.warning("removing %s, left by an upload that did not finish", leftover)
+        unlink_quietly(leftover)
+    for leftover in sorted(paths.state.glob("*.tmp")):  # a catalog or passkeys write that a crash cut short
         unlink_quietly(leftover)
     listed = {d.info_hash.hex() for d in catalog}
     for directory, suffix in ((paths.torrents, ".torrent"), (paths.resume, ".resume.json")):

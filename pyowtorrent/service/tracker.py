@@ -69,6 +69,21 @@ or an IPv6 /64 (an IPv6 host has a whole /64 to pick addresses from):
   built at most every 30 seconds and served from that copy meanwhile; idle
   connections close after 15 seconds.
 
+Private torrents (BEP 27), when mounted with a :class:`KeyGate` (the upload
+service's passkeys, :mod:`.passkeys`):
+
+* **A private torrent is tracked only for a passkey.**  The passkey is the
+  ``pk`` parameter of the query (``/announce?pk=KEY``: the path stays
+  ``/announce``, which libtorrent requires of a tracker on loopback, and
+  ``pk`` is none of the parameters a client adds); the gate says which
+  info-hashes are private and which passkeys are good.  An announce of a
+  private torrent without ``pk``, or any announce whose ``pk`` the gate
+  refuses, gets a ``failure reason`` and is not recorded: no entry, no peers.
+  The key is checked on every announce, so a revoked one fails from the next
+  announce on.
+* **Scrapes** without ``pk`` leave private torrents out (a full scrape names
+  no private info-hash); a scrape with a good ``pk`` has them all.
+
 The swarms themselves (peers, expiry, bounds) are kept by
 :class:`~pyowtorrent.service.swarms.SwarmRegistry`, which knows nothing of
 HTTP; :class:`Tracker` parses requests, answers them and runs the server.
@@ -84,7 +99,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -108,6 +123,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MAX_QUERY_LENGTH",
     "NOT_ALLOWED",
+    "PRIVATE_TORRENT",
+    "KeyGate",
     "TrackedPeer",
     "Tracker",
     "peer_address",
@@ -213,6 +230,36 @@ def _info_hash(value: bytes) -> bytes:
     return value
 
 
+#: The failure reason of an announce of a private torrent at the plain URL.
+PRIVATE_TORRENT: Final = "private torrent: announce at the tracker URL of your own .torrent, which carries your passkey"
+
+
+class KeyGate(Protocol):
+    """Which torrents are private, and which passkeys open them (the upload service's passkeys)."""
+
+    def is_private(self, info_hash: bytes) -> bool:
+        """Whether ``info_hash`` is tracked only for announces that carry a good passkey."""
+        ...
+
+    def refusal(self, passkey: str) -> str | None:
+        """``None`` for a good passkey, else the failure reason to answer (never quoting the key)."""
+        ...
+
+
+def _keyed(gate: KeyGate | None, passkey: bytes | None, info_hash: bytes | None) -> bool:
+    """Whether ``pk`` is a good passkey; :class:`Refusal` for a bad one, or for a private ``info_hash`` without one."""
+    if gate is None:
+        return False
+    if passkey is not None:
+        refusal = gate.refusal(passkey.decode("utf-8", "replace"))
+        if refusal is not None:
+            raise Refusal(refusal)
+        return True
+    if info_hash is not None and gate.is_private(info_hash):
+        raise Refusal(PRIVATE_TORRENT)
+    return False
+
+
 def _response(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="text/plain", headers={"Cache-Control": "no-cache"})
 
@@ -275,7 +322,8 @@ class Tracker:
             rng=rng,
         )
         self._clock = clock
-        self._full_scrape: tuple[float, bytes] | None = None  # built at, bencoded
+        self._full_scrape: dict[bool, tuple[float, bytes]] = {}  # keyed or not: built at, bencoded
+        self._gate: KeyGate | None = None
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._port: int | None = None
@@ -323,16 +371,18 @@ class Tracker:
         self._sweeper = asyncio.create_task(self._sweep_periodically(), name="tracker expiry")
         log.info("tracker listening on %s, port %d", ", ".join(hosts), port)
 
-    def mount(self, app: web.Application) -> None:
+    def mount(self, app: web.Application, *, gate: KeyGate | None = None) -> None:
         """Serve ``/announce`` and ``/scrape`` from ``app``, another server's application, instead of :meth:`start`.
 
         The upload service answers announces on its own port this way.  The
         expiry sweeps run while ``app`` runs; the server's limits are that
         server's to set (:meth:`start`'s are in the module docstring), and
-        :attr:`port` and :meth:`announce_url` are :meth:`start`'s only.
+        :attr:`port` and :meth:`announce_url` are :meth:`start`'s only.  With
+        a ``gate``, private torrents are tracked for a passkey only (module docstring).
         """
         if self._runner is not None:
             raise RuntimeError("the tracker is already started")
+        self._gate = gate
         app.router.add_get("/announce", self._handle_announce)
         app.router.add_get("/scrape", self._handle_scrape)
         app.cleanup_ctx.append(self._sweeping)
@@ -415,7 +465,7 @@ class Tracker:
     def allow(self, info_hash: bytes) -> None:
         """Track ``info_hash`` (on an open tracker: list it in a full scrape even with no peers yet)."""
         self._swarms.allow(info_hash)
-        self._full_scrape = None
+        self._full_scrape.clear()
 
     def disallow(self, info_hash: bytes) -> None:
         """Stop tracking ``info_hash`` and forget its peers and its counts.
@@ -424,7 +474,7 @@ class Tracker:
         tracked again on its next announce.
         """
         self._swarms.disallow(info_hash)
-        self._full_scrape = None
+        self._full_scrape.clear()
 
     @property
     def allowed_info_hashes(self) -> frozenset[bytes] | None:
@@ -481,6 +531,7 @@ class Tracker:
             return value
 
         info_hash = _info_hash(required("info_hash"))
+        _keyed(self._gate, fields.get(b"pk"), info_hash)
         peer_id = required("peer_id")
         if len(peer_id) != HASH_LENGTH:
             raise Refusal(f"peer_id must be {HASH_LENGTH} bytes, not {len(peer_id)}")
@@ -538,17 +589,21 @@ class Tracker:
         return answer
 
     def _scrape(self, request: web.Request, pairs: list[tuple[bytes, bytes]]) -> bytes:
+        keyed = _keyed(self._gate, next((v for k, v in pairs if k == b"pk"), None), None)
         requested = [_info_hash(value) for name, value in pairs if name == b"info_hash"]
         if requested:
-            return self._scrape_answer(requested)
+            return self._scrape_answer(requested, keyed)
         now = self._clock()
-        if self._full_scrape is None or not 0 <= now - self._full_scrape[0] < _FULL_SCRAPE_CACHE:
-            self._full_scrape = (now, self._scrape_answer([]))
-        return self._full_scrape[1]
+        built = self._full_scrape.get(keyed)
+        if built is None or not 0 <= now - built[0] < _FULL_SCRAPE_CACHE:
+            built = self._full_scrape[keyed] = (now, self._scrape_answer([], keyed))
+        return built[1]
 
-    def _scrape_answer(self, info_hashes: list[bytes]) -> bytes:
+    def _scrape_answer(self, info_hashes: list[bytes], keyed: bool) -> bytes:
+        gate = None if keyed else self._gate  # a good passkey sees private torrents too
         files = {
             info_hash: {"complete": stats.complete, "incomplete": stats.incomplete, "downloaded": stats.downloaded}
             for info_hash, stats in self._swarms.scrape(info_hashes).items()
+            if gate is None or not gate.is_private(info_hash)
         }
         return encode({"files": files})
