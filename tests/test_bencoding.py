@@ -55,7 +55,9 @@ def test_encoding_is_canonical_bencoding(value: Any) -> None:
 
 def _fits_int64(value: Any) -> bool:
     if type(value) is int:
-        return -(2**63) <= value < 2**63
+        # libtorrent reads the digits as a positive number before the sign, so it
+        # cannot read -2**63 (it gives 0): its range is symmetric.
+        return -(2**63) < value < 2**63
     if isinstance(value, list):
         return all(_fits_int64(v) for v in value)
     if isinstance(value, dict):
