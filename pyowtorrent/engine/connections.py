@@ -68,7 +68,7 @@ class PeerSet:
         self._runs = Supervisor(f"{meta.name} peers")
 
     def add(self, host: str, port: int) -> None:
-        """An address to connect to (from the user, a tracker, or PEX later)."""
+        """An address to connect to (from the user, a tracker, or PEX)."""
         if not 0 < port < 65536:
             raise ValueError(f"bad port {port}")
         addr = (host, port)
@@ -146,7 +146,10 @@ class PeerSet:
 
     def new_connection(self) -> PeerConnection:
         m = self.meta
-        return PeerConnection(m.info_hash, self.services.settings.peer_id, m.num_pieces, m.piece_length, m.total_length)
+        # BEP 27: a private torrent's peers come from its trackers only, so no PEX either way.
+        return PeerConnection(
+            m.info_hash, self.services.settings.peer_id, m.num_pieces, m.piece_length, m.total_length, pex=not m.private
+        )
 
     def _attach(self, link: PeerLink, conn: PeerConnection) -> None:
         addr = link.address

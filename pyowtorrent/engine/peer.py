@@ -1,12 +1,12 @@
 """One connection to a peer: the asyncio driver around the sans-IO :mod:`wire` protocol.
 
 The driver owns the socket and the protocol state of both directions
-(choked/interested, the peer's pieces, our outstanding requests, its
-requests to us).  Decisions that involve the whole torrent — which blocks to
-ask for, what to do with a finished piece, who gets an upload slot — are its
-host's: the driver reports to a :class:`PeerHost` and never changes the
-torrent's state itself.  A web seed (BEP 19) will implement the same host
-calls.
+(choked/interested, the peer's pieces, our outstanding requests, and, in its
+:class:`Uploads`, its requests to us), and the BEP 6 allowed-fast pieces each
+side gave the other.  Decisions that involve the whole torrent — which
+blocks to ask for, what to do with a finished piece, who gets an upload slot,
+what to make of a PEX message — are its host's: the driver reports to a
+:class:`PeerHost` and never changes the torrent's state itself.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ..errors import PyowtorrentError
 from ..metainfo.layout import BLOCK_SIZE
+from ..strategy.allowed_fast import FastGrants, FastOffers
 from ..strategy.picker import Block
 from ..wire import events as ev
 from ..wire.bitfield import bitfield_flags
@@ -29,7 +30,7 @@ from .net import Address
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUR_REQQ", "Peer", "PeerHost"]
+__all__ = ["OUR_REQQ", "Peer", "PeerHost", "Uploads"]
 
 READ_SIZE = 256 << 10
 # Requests kept in flight: enough to cover this many seconds of the peer's
@@ -68,6 +69,9 @@ class PeerHost(Protocol):
 
     def on_uploaded(self, peer: Peer, nbytes: int) -> None: ...
 
+    def on_peer_pex(self, peer: Peer, message: ev.Pex) -> None:
+        """The peer sent a BEP 11 message (only on a connection that speaks ut_pex)."""
+
     async def read_block(self, index: int, begin: int, length: int) -> bytes | bytearray:
         """Bytes to upload (rate-limited, read off the loop)."""
         ...
@@ -103,8 +107,8 @@ class Peer:
         self.outstanding: dict[Block, float] = {}
         self.queue_target = START_QUEUE
         self.max_queue = MAX_QUEUE
-        # The peer's requests to us, in arrival order, found by key (a cancel is O(1)).
-        self.incoming_requests: dict[RequestKey, ev.Request] = {}
+        self.offers = FastOffers()  # BEP 6: pieces it lets us ask for while it chokes us
+        self.extension_handshake: ev.ExtensionHandshake | None = None  # its latest (BEP 10)
         self.conduct = Conduct(clock)
         self.bytes_written = 0  # all we ever handed the transport: less what it holds, what left
         self.downloaded = RateMeter(clock)
@@ -115,7 +119,7 @@ class Peer:
         self.last_block = self.connected_at
         self.snubbed = False
         self.closed = asyncio.Event()
-        self._serve_wakeup = asyncio.Event()
+        self.uploads = Uploads(self)
         self._refill = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
@@ -153,7 +157,7 @@ class Peer:
 
     # -- sending -----------------------------------------------------------
 
-    def send(self, event: ev.Message) -> None:
+    def send(self, event: ev.Message | ev.Pex) -> None:
         if self.closed.is_set():
             return
         if self.writer.is_closing():
@@ -181,15 +185,10 @@ class Peer:
             return
         self.send(ev.Choke() if choke else ev.Unchoke())
         if choke:
-            # BEP 6: a choke rejects whatever the peer had asked for (we grant no
-            # allowed-fast pieces, so nothing is exempt).
-            if self.fast:
-                for r in self.incoming_requests.values():
-                    self.send(ev.Reject(r.index, r.begin, r.length))
-            self.incoming_requests.clear()
+            self.uploads.choked()
         else:
             self.conduct.unchoked()
-            self._serve_wakeup.set()
+            self.uploads.wakeup.set()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -199,7 +198,7 @@ class Peer:
 
     async def run(self) -> None:
         """Read and handle messages until the connection ends; then tell the host."""
-        self._tasks.append(asyncio.get_running_loop().create_task(self._serve(), name=f"serve {self.address}"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self.uploads.serve(), name=f"serve {self.address}"))
         try:
             while not self.closed.is_set():
                 data = await self.reader.read(READ_SIZE)
@@ -235,7 +234,7 @@ class Peer:
         self.closed.set()
         # -v shows why each peer went: the question a user asks when a download stalls.
         log.info("%r: disconnected: %s", self, self.close_reason)
-        self._serve_wakeup.set()
+        self.uploads.wakeup.set()
         for t in self._tasks:
             if t is not asyncio.current_task():
                 t.cancel()
@@ -267,7 +266,7 @@ class Peer:
                 else:
                     self.conduct.idle_message("have")
             elif type(e) is ev.Request:
-                self._on_request(e)
+                self.uploads.on_request(e)
             elif type(e) is ev.Unchoke:
                 # Choke and interest changes cost us work (a refill, a rechoke): a
                 # real peer makes a few a minute, a flapping one is cut off.
@@ -294,8 +293,12 @@ class Peer:
                 self.num_have = self.num_pieces if full else 0
                 host.on_peer_pieces(self, previous)
             elif type(e) is ev.Cancel:
-                if self.incoming_requests.pop((e.index, e.begin, e.length), None) is None:
+                if self.uploads.requests.pop((e.index, e.begin, e.length), None) is None:
                     self.conduct.idle_message("cancel")
+            elif type(e) is ev.AllowedFast:
+                if not self.offers.offer(e.index):
+                    self.conduct.idle_message("allowed fast")
+                self._refill = self._refill or self.peer_choking  # something to ask for while choked
             elif type(e) is ev.Reject:
                 self._on_reject(Block(e.index, e.begin, e.length))
             elif type(e) is ev.KeepAlive:
@@ -303,11 +306,14 @@ class Peer:
             elif type(e) is ev.Handshake:
                 self.peer_id = e.peer_id
             elif type(e) is ev.ExtensionHandshake:
+                self.extension_handshake = e
                 if e.reqq:
                     self.max_queue = max(MIN_QUEUE, min(MAX_QUEUE, e.reqq))
                 if e.v:
                     self.client = e.v[:64]
-            # Port, Suggest, AllowedFast, Extended: nothing to do yet.
+            elif type(e) is ev.Pex:
+                host.on_peer_pex(self, e)
+            # Port, Suggest, Extended: nothing to do yet.
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
             host.fill_requests(self)
@@ -328,19 +334,11 @@ class Peer:
         self.queue_target = max(MIN_QUEUE, min(self.max_queue, max(target, self.queue_target + 1)))
         self._refill = True
 
-    def _on_request(self, e: ev.Request) -> None:
-        if self.am_choking:
-            self.conduct.request_while_choked()
-        if self.am_choking or not self.host.have_piece(e.index) or len(self.incoming_requests) >= OUR_REQQ:
-            if self.fast:
-                self.send(ev.Reject(e.index, e.begin, e.length))
-            return
-        self.incoming_requests[(e.index, e.begin, e.length)] = e
-        self._serve_wakeup.set()
-
     def _on_reject(self, block: Block) -> None:
         if self.outstanding.pop(block, None) is None:
             return
+        if self.peer_choking:
+            self.offers.withdraw(block.index)  # not allowed fast after all: asking again would loop
         self.host.on_request_failed(self, block)
         # BEP 6: a choke comes with a reject of everything asked; only a reject
         # while it lets us ask is a refusal.
@@ -386,42 +384,96 @@ class Peer:
         if self.conduct.writes_seen(now, self.bytes_written - unsent, unsent):
             self._close_soon("stopped reading")
 
-    # -- uploading -----------------------------------------------------------
 
-    def _next_request(self) -> ev.Request:
-        key = next(iter(self.incoming_requests))
-        return self.incoming_requests.pop(key)
+class Uploads:
+    """One peer's requests to us, and serving them: coalesced reads off the loop, writes with back-pressure.
 
-    async def _serve(self) -> None:
-        """Answer the peer's requests: coalesced reads off the loop, writes with back-pressure."""
-        while not self.closed.is_set():
-            if not self.incoming_requests:
-                self._serve_wakeup.clear()
-                await self._serve_wakeup.wait()
+    A request is taken while we unchoke the peer, or while we choke it if it
+    is for one of the allowed-fast pieces we granted it (BEP 6), up to
+    :data:`~pyowtorrent.strategy.allowed_fast.CHOKED_REQUESTS_PER_BLOCK` times
+    each block; anything else is refused (a reject, with BEP 6) and a stream
+    of requests while choked is the peer's :class:`Conduct` to judge.
+    """
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        # In arrival order, found by key (a cancel is O(1)).
+        self.requests: dict[RequestKey, ev.Request] = {}
+        self.wakeup = asyncio.Event()
+        self.grants: FastGrants | None = None  # the allowed-fast pieces we gave it, once we have
+
+    def grant(self, pieces: list[int]) -> None:
+        """Give the peer BEP 6 allowed-fast ``pieces``: it is told of those it lacks."""
+        peer = self.peer
+        self.grants = FastGrants(pieces)
+        for index in pieces:
+            if not peer.have[index]:
+                peer.send(ev.AllowedFast(index))
+
+    def on_request(self, e: ev.Request) -> None:
+        peer = self.peer
+        if peer.am_choking:
+            blocks = -(-peer.conn.piece_size(e.index) // BLOCK_SIZE)
+            if self.grants is None or not self.grants.take(e.index, blocks, peer.num_have):
+                peer.conduct.request_while_choked()
+                self._refuse(e)
+                return
+        if not peer.host.have_piece(e.index) or len(self.requests) >= OUR_REQQ:
+            self._refuse(e)
+            return
+        self.requests[(e.index, e.begin, e.length)] = e
+        self.wakeup.set()
+
+    def _refuse(self, e: ev.Request) -> None:
+        if self.peer.fast:
+            self.peer.send(ev.Reject(e.index, e.begin, e.length))
+
+    def choked(self) -> None:
+        """We just choked the peer: BEP 6 rejects what it asked for, except its allowed-fast pieces
+        (without BEP 6 the choke itself drops them, silently)."""
+        grants, fast = self.grants, self.peer.fast
+        kept: dict[RequestKey, ev.Request] = {}
+        for key, r in self.requests.items():
+            if grants is not None and r.index in grants:
+                kept[key] = r
+            elif fast:
+                self.peer.send(ev.Reject(r.index, r.begin, r.length))
+        self.requests = kept
+
+    def _next(self) -> ev.Request:
+        key = next(iter(self.requests))
+        return self.requests.pop(key)
+
+    async def serve(self) -> None:
+        peer = self.peer
+        while not peer.closed.is_set():
+            if not self.requests:
+                self.wakeup.clear()
+                await self.wakeup.wait()
                 continue
-            batch = [self._next_request()]
+            batch = [self._next()]
             total = batch[0].length
             # Consecutive requests in one piece become one read.
-            while self.incoming_requests and total < MAX_READ:
-                following = next(iter(self.incoming_requests.values()))
+            while self.requests and total < MAX_READ:
+                following = next(iter(self.requests.values()))
                 if following.index != batch[-1].index or following.begin != batch[-1].begin + batch[-1].length:
                     break
-                batch.append(self._next_request())
+                batch.append(self._next())
                 total += following.length
             first = batch[0]
             try:
-                data = await self.host.read_block(first.index, first.begin, total)
+                data = await peer.host.read_block(first.index, first.begin, total)
             except PyowtorrentError as exc:
-                log.warning("%r: cannot serve piece %d: %s", self, first.index, exc)
-                await self.close(f"cannot serve piece {first.index}: {exc}")
+                log.warning("%r: cannot serve piece %d: %s", peer, first.index, exc)
+                await peer.close(f"cannot serve piece {first.index}: {exc}")
                 return
             view = memoryview(data)
             pos = 0
             for r in batch:
-                if self.closed.is_set():
+                if peer.closed.is_set():
                     return
-                self.send(ev.Piece(r.index, r.begin, view[pos : pos + r.length]))  # copied once, into the message
+                peer.send(ev.Piece(r.index, r.begin, view[pos : pos + r.length]))  # copied once, into the message
                 pos += r.length
-                self.uploaded.add(r.length)
-                self.host.on_uploaded(self, r.length)
-            await self.writer.drain()
+                peer.uploaded.add(r.length)
+                peer.host.on_uploaded(peer, r.length)
+            await peer.writer.drain()

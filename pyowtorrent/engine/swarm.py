@@ -8,17 +8,22 @@ requests, routes received blocks to the
 :class:`~pyowtorrent.engine.pieces.PieceAssembler`, serves uploads through
 the rate limiter and the disk executor, and applies the choker's decisions.  The sans-IO strategies decide; this only wires them to
 the peers.
+Peer exchange (BEP 11) is :class:`~pyowtorrent.engine.pex.PeerExchange`'s,
+BEP 6's allowed-fast sets come from :mod:`pyowtorrent.strategy.allowed_fast`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Hashable
 from typing import Callable, Sequence
 
 from ..errors import StorageError
+from ..metainfo.layout import BLOCK_SIZE
 from ..metainfo.torrent_file import Metainfo
 from ..storage.base import PieceStore
+from ..strategy.allowed_fast import ALLOWED_FAST_SET_SIZE, allowed_fast_set
 from ..strategy.choker import Choker, PeerStats
 from ..strategy.picker import Block, PiecePicker
 from ..wire import events as ev
@@ -27,6 +32,7 @@ from .connections import PeerSet
 from .events import EventBus
 from .meters import RateMeter
 from .peer import OUR_REQQ, Peer
+from .pex import PeerExchange
 from .pieces import PeerIdentity, PieceAssembler
 from .services import TorrentServices
 from .webseed import WebSeeds
@@ -58,8 +64,13 @@ class Swarm:
         self.assembler = assembler
         self.is_done = is_done
         self.storage_failed = storage_failed
-        self.choker = Choker(services.settings.upload_slots, seed=services.rng.getrandbits(64))
+        # No upload slots (libtorrent's unchoke_slots_limit 0): we unchoke nobody and give only
+        # allowed-fast pieces (BEP 6).  The choker keeps its rounds, so the torrent's tick is unchanged.
+        self.choker = Choker(max(1, services.settings.upload_slots), seed=services.rng.getrandbits(64))
         self.connections = PeerSet(meta, services, self, self._greet, events, others=lambda: self.web_seeds.num_connected())
+        self.pex = PeerExchange(
+            not meta.private, self.clock, self.connections.add, services.dialer.is_self, services.listen_port
+        )
         self.uploaded_bytes = 0
         self.downloaded_bytes = 0
         self.download_meter = RateMeter(self.clock)
@@ -73,10 +84,12 @@ class Swarm:
     # -- sources: peers and web seeds alike -----------------------------------------
 
     def connect_more(self) -> None:
-        """Dial known peers and start or wake web seeds, within the limits (only while trading)."""
+        """Dial known peers and start or wake web seeds, within the limits, and send the PEX messages
+        that are due (only while trading; the torrent calls this every tick)."""
         if self.connections.active:
             self.connections.connect_more()
             self.web_seeds.connect_more()
+            self.pex.tick(list(self.peers.values()))
 
     def stop(self, reason: str) -> None:
         """Close every peer and end every web seed's requests."""
@@ -125,7 +138,11 @@ class Swarm:
         if remote.extension_protocol:
             settings = self.services.settings
             port = self.services.listen_port() or None
-            peer.send(ev.ExtensionHandshake(v=settings.client_name, reqq=OUR_REQQ, p=port))
+            peer.send(
+                ev.ExtensionHandshake(
+                    m=self.pex.extension_ids(), v=settings.client_name, reqq=OUR_REQQ, p=port, yourip=_packed(peer.address[0])
+                )
+            )
 
     # -- PeerHost: what peers report -------------------------------------------
 
@@ -161,6 +178,11 @@ class Swarm:
         self.fill_requests(peer)
 
     def on_peer_interest(self, peer: Peer) -> None:
+        if peer.peer_interested and peer.fast and peer.uploads.grants is None and not peer.is_seed:
+            # BEP 6: a starting peer may have these while choked.  Sent when it first says it is
+            # interested, as libtorrent does, so that pieces it already has are left out.
+            num_pieces = self.meta.num_pieces
+            peer.uploads.grant(allowed_fast_set(peer.address[0], self.meta.info_hash, num_pieces, ALLOWED_FAST_SET_SIZE))
         unchoked = sum(1 for p in self.peers.values() if not p.am_choking)
         if peer.peer_interested and peer.am_choking and unchoked < self.services.settings.upload_slots:
             self.rechoke()  # a free slot: no need to wait for the next round
@@ -170,6 +192,9 @@ class Swarm:
 
     def on_request_failed(self, peer: Peer, block: Block) -> None:
         self.picker.on_request_failed(peer, block)
+
+    def on_peer_pex(self, peer: Peer, message: ev.Pex) -> None:
+        self.pex.on_message(peer, message)
 
     def on_uploaded(self, peer: Peer, nbytes: int) -> None:
         self.uploaded_bytes += nbytes
@@ -188,6 +213,7 @@ class Swarm:
     def peer_closed(self, peer: Peer) -> None:
         if not self.connections.forget(peer):
             return
+        self.pex.forget(peer)
         self.picker.on_peer_gone(peer)
         if peer.is_seed:
             self.picker.peer_lost(None, is_seed=True)
@@ -212,16 +238,43 @@ class Swarm:
             self.fill_requests(peer)
 
     def fill_requests(self, peer: Peer) -> None:
-        if peer.closed.is_set() or peer.peer_choking or not peer.am_interested or peer.conduct.backoff_until:
+        if peer.closed.is_set() or not peer.am_interested or peer.conduct.backoff_until:
             return
         want = peer.queue_target - len(peer.outstanding)
         if want <= 0:
+            return
+        if peer.peer_choking:
+            self._fill_allowed_fast(peer, want)
             return
         blocks = self.picker.pick(peer, peer.have, want)
         if blocks:
             peer.request(blocks)
         elif not peer.outstanding:
             peer.send_interest(self.wants_from(peer))  # it may have nothing left that we want
+
+    def _fill_allowed_fast(self, peer: Peer, want: int) -> None:
+        """BEP 6: ask a peer that chokes us for the allowed-fast pieces it offered, has, and we want.
+
+        Allowed fast is for starting (BEP 6's reference implementation refuses a peer holding more
+        pieces than the set): we ask only while we hold fewer than that, while no peer we want
+        from unchokes us, and one piece at a time from all the peers that choke us.  Taking every
+        set whole, as libtorrent does, had each leecher of a flash crowd split its uploaders'
+        bandwidth many ways for pieces it could soon have had by trading: in the simulator's
+        50-leecher swarm the last leecher finished at 2.04 times the bandwidth bound instead of
+        1.51 without allowed fast, the seeder sending 3.7 copies instead of 2.6; asking this way,
+        1.66 times and 2.8 copies.  A peer that only ever chokes us still gives us its whole set.
+        """
+        if not peer.fast or not peer.offers or peer.outstanding or self.picker.num_have() >= ALLOWED_FAST_SET_SIZE:
+            return
+        if any((not p.peer_choking and p.am_interested) or (p.peer_choking and p.outstanding) for p in self.peers.values()):
+            return
+        prio, picker = self.priorities, self.picker
+        wanted = {i for i in peer.offers.pieces if peer.have[i] and prio[i] > 0 and not picker.has(i)}
+        if wanted:
+            piece_blocks = -(-self.meta.piece_length // BLOCK_SIZE)
+            blocks = picker.pick(peer, wanted.__contains__, min(want, piece_blocks))
+            if blocks:
+                peer.request(blocks)
 
     def refill_all(self) -> None:
         for p in list(self.peers.values()):
@@ -264,5 +317,17 @@ class Swarm:
             for p in self.peers.values()
         ]
         decision = self.choker.rechoke(now, stats, self.is_done())
+        unchoke = decision.unchoke if self.services.settings.upload_slots > 0 else frozenset()
         for p in list(self.peers.values()):
-            p.set_choking(p.address not in decision.unchoke)
+            p.set_choking(p.address not in unchoke)
+
+
+def _packed(ip: str) -> bytes | None:
+    """BEP 10 ``yourip``: the peer's address as we see it (IPv4 for a dual-stack socket's mapped one)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.packed

@@ -1,4 +1,4 @@
-"""The BitTorrent peer wire protocol (BEP 3, 5, 6, 10), sans I/O.
+"""The BitTorrent peer wire protocol (BEP 3, 5, 6, 10, 11), sans I/O.
 
 Bytes in, events out; events in, bytes out (the shape of python-hyper/h11)::
 
@@ -30,6 +30,8 @@ from .events import (
     KeepAlive,
     Message,
     NotInterested,
+    Pex,
+    PexPeer,
     Piece,
     Port,
     Reject,
@@ -38,6 +40,7 @@ from .events import (
     Unchoke,
 )
 from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
+from .pex import PexFlags, decode_pex, encode_pex
 
 __all__ = [
     "AllowedFast",
@@ -61,6 +64,9 @@ __all__ = [
     "NotInterested",
     "PROTOCOL",
     "PeerConnection",
+    "Pex",
+    "PexFlags",
+    "PexPeer",
     "Piece",
     "Port",
     "Reject",
@@ -73,6 +79,8 @@ __all__ = [
     "bitfield_flags",
     "bitfield_length",
     "bits_to_set",
+    "decode_pex",
     "encode_handshake",
+    "encode_pex",
     "parse_handshake",
 ]

@@ -21,7 +21,7 @@ class ExtensionIds:
 
     def __init__(self) -> None:
         self.remote: dict[str, int] = {}  # name -> the id the remote receives it under
-        self._advertised: set[int] = set()
+        self._advertised: dict[int, str] = {}  # id -> the name we advertised it for
 
     # -- what we send -------------------------------------------------------
 
@@ -30,7 +30,16 @@ class ExtensionIds:
         ids = [i for i in m.values() if i]
         if any(not 0 <= i <= 255 for i in m.values()) or len(ids) != len(set(ids)):
             raise LocalProtocolError(f"extension ids must be distinct bytes: {m}")
-        self._advertised.update(ids)
+        # A later handshake may move a name to another id: the old id stays
+        # accepted (see check_incoming) and the newest name for an id wins.
+        self._advertised.update({i: name for name, i in m.items() if i})
+
+    def remote_id(self, name: str) -> int:
+        """The id to send extension ``name`` under; the remote must have advertised it."""
+        ext_id = self.remote.get(name)
+        if ext_id is None:
+            raise LocalProtocolError(f"the remote does not take {name} messages")
+        return ext_id
 
     def check_outgoing(self, message: Extended, max_message: int) -> None:
         if message.ext_id not in self.remote.values():
@@ -48,8 +57,11 @@ class ExtensionIds:
             else:
                 self.remote.pop(name, None)
 
-    def check_incoming(self, ext_id: int) -> None:
+    def check_incoming(self, ext_id: int) -> str:
+        """The name of the extension we advertised ``ext_id`` for; refuses any other id."""
         # Ids we advertised once stay accepted: an extension message may
         # cross the handshake that disabled it.
-        if ext_id not in self._advertised:
+        name = self._advertised.get(ext_id)
+        if name is None:
             raise RemoteProtocolError(Violation.EXTENDED_ID_NOT_ADVERTISED, f"extended message id {ext_id}")
+        return name

@@ -12,8 +12,9 @@ bug of ours shows up here and not as a peer hanging up on us.
 
 The rules live beside it, one concern each: ``_limits`` (piece indices,
 blocks, bitfields, message headers), ``_requests`` (what we asked for and may
-still be answered), ``_extensions`` (BEP 10 ids).  This module ties them to
-the byte stream, and keeps receiving a piece to a handful of calls.
+still be answered), ``_extensions`` (BEP 10 ids), ``pex`` (BEP 11's message).
+This module ties them to the byte stream, and keeps receiving a piece to a
+handful of calls.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .events import (
     KeepAlive,
     Message,
     NotInterested,
+    Pex,
     Piece,
     Port,
     Reject,
@@ -54,6 +56,7 @@ from .events import (
 )
 from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
 from .messages import EXTENSION_HANDSHAKE_ID, MessageId, decode_extension_handshake, encode_message
+from .pex import PEX_EXTENSION, decode_pex, encode_pex
 
 # parse_handshake is re-exported: the accepting side needs it next to PeerConnection.
 __all__ = ["DEFAULT_MAX_BLOCK", "DEFAULT_MAX_EXTENSION_MESSAGE", "PeerConnection", "parse_handshake"]
@@ -100,6 +103,12 @@ class PeerConnection:
     at once, the side that accepted after reading the remote's handshake
     (see :func:`~pyowtorrent.wire.parse_handshake`).  After a
     :class:`RemoteProtocolError` the connection is dead: close the socket.
+
+    With ``pex`` the connection speaks BEP 11: once our extension handshake
+    has advertised ``ut_pex``, what arrives under its id is decoded into
+    :class:`~pyowtorrent.wire.events.Pex` events, and a ``Pex`` may be sent
+    to a remote that advertised it.  Without it (a private torrent, BEP 27)
+    neither happens.
     """
 
     def __init__(
@@ -113,6 +122,7 @@ class PeerConnection:
         fast: bool = True,
         extension_protocol: bool = True,
         dht: bool = False,
+        pex: bool = False,
         max_block: int = DEFAULT_MAX_BLOCK,
         max_extension_message: int = DEFAULT_MAX_EXTENSION_MESSAGE,
     ) -> None:
@@ -132,6 +142,7 @@ class PeerConnection:
         self.total_length = total_length
         self.max_block = max_block
         self.max_extension_message = max_extension_message
+        self.pex = pex
         self._bounds = Bounds(num_pieces, piece_length, total_length, max_block)
         # BEP 3: connections start out choked and not interested.
         self.am_choking = True
@@ -187,8 +198,12 @@ class PeerConnection:
         self._handshake_sent = True
         return encode_handshake(self.local)
 
-    def send(self, message: Message) -> bytes:
+    def send(self, message: Message | Pex) -> bytes:
         """The bytes that send ``message``, after checking it is legal now."""
+        if isinstance(message, Pex):
+            if not self.pex:
+                raise LocalProtocolError("this connection does not speak ut_pex")
+            message = Extended(self._extensions.remote_id(PEX_EXTENSION), encode_pex(message))
         if isinstance(message, Handshake):
             raise LocalProtocolError("send the handshake with handshake_bytes()")
         if type(message) not in _MESSAGE_TYPES:
@@ -328,7 +343,7 @@ class PeerConnection:
         events.append(handshake)
         return headers
 
-    def _read_message(self, length: int) -> Message:
+    def _read_message(self, length: int) -> Message | Pex:
         buf = self._buffer
         msg_id = buf.peek_byte()
         # Piece and extended messages are cut in two so that their payload
@@ -346,7 +361,7 @@ class PeerConnection:
             return self._on_extended(ext_id, buf.take(length - 2))
         return _READERS[msg_id](self, buf.take(length))
 
-    def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended:
+    def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended | Pex:
         if ext_id == EXTENSION_HANDSHAKE_ID:
             if len(payload) > MAX_EXTENSION_HANDSHAKE:
                 raise RemoteProtocolError(
@@ -358,7 +373,9 @@ class PeerConnection:
             handshake = decode_extension_handshake(payload)
             self._extensions.update_remote(handshake)
             return handshake
-        self._extensions.check_incoming(ext_id)
+        name = self._extensions.check_incoming(ext_id)
+        if name == PEX_EXTENSION and self.pex:
+            return decode_pex(payload)
         return Extended(ext_id, payload)
 
 

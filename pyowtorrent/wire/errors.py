@@ -34,6 +34,8 @@ class Violation(enum.StrEnum):
     EXTENSION_HANDSHAKE_TOO_LONG = "extension handshake too long"
     TOO_MANY_EXTENSION_HANDSHAKES = "too many extension handshakes"
     EXTENDED_ID_NOT_ADVERTISED = "extended message id not advertised"
+    INVALID_PEX = "invalid PEX message"
+    PEX_TOO_LARGE = "PEX message too large"
 
 
 class RemoteProtocolError(ProtocolError):

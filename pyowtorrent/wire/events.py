@@ -1,9 +1,10 @@
 """The events of the peer wire protocol: one small immutable class per message.
 
 Names follow the BEPs: BEP 3 (the core messages), BEP 5 (``Port``), BEP 6
-(the fast extension) and BEP 10 (the extension protocol).  The same classes
-go both ways: :meth:`PeerConnection.receive_data` returns them and
-:meth:`PeerConnection.send` takes them.
+(the fast extension), BEP 10 (the extension protocol) and BEP 11 (``Pex``,
+an extension message the connection decodes when it speaks ``ut_pex``).  The
+same classes go both ways: :meth:`PeerConnection.receive_data` returns them
+and :meth:`PeerConnection.send` takes them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ __all__ = [
     "KeepAlive",
     "Message",
     "NotInterested",
+    "Pex",
+    "PexPeer",
     "Piece",
     "Port",
     "Reject",
@@ -170,6 +173,35 @@ class Extended:
     payload: bytes = field(repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class PexPeer:
+    """One contact of a BEP 11 ``added`` list: an IPv4 or IPv6 address (text), a port, its flags.
+
+    ``flags`` are BEP 11's bits (:class:`~pyowtorrent.wire.pex.PexFlags`): 0x01
+    prefers encryption, 0x02 seed, 0x04 uTP, 0x08 hole punching, 0x10
+    reachable (the sender connected to it).
+    """
+
+    ip: str
+    port: int
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pex:
+    """A BEP 11 ``ut_pex`` message: peers the sender connected to, and dropped, since its last one.
+
+    IPv4 and IPv6 contacts share each tuple; on the wire they go to ``added``
+    / ``added6`` and ``dropped`` / ``dropped6`` by family (IPv4 ones first when
+    decoded).  Not a :data:`Message`: it travels as an :class:`Extended`
+    under the id the receiver chose for ``ut_pex``, and only a connection
+    made with ``pex=True`` sends or decodes it.
+    """
+
+    added: tuple[PexPeer, ...] = ()
+    dropped: tuple[tuple[str, int], ...] = ()
+
+
 Message: TypeAlias = (
     KeepAlive
     | Choke
@@ -192,4 +224,4 @@ Message: TypeAlias = (
 )
 """Everything that follows the handshake."""
 
-Event: TypeAlias = Handshake | Message
+Event: TypeAlias = Handshake | Message | Pex
