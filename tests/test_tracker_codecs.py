@@ -618,8 +618,14 @@ def test_announce_request_layout(event: Any, code: int) -> None:
 
 
 def test_announce_request_defaults_num_want_minus_1_key_0_ip_0() -> None:
-    fields = struct.unpack(">QII20s20sQQQIIIiH", encode_announce(CID, TID, request(ip="1.2.3.4")))
+    fields = struct.unpack(">QII20s20sQQQIIIiH", encode_announce(CID, TID, request()))
     assert fields[9:12] == (0, 0, -1)
+
+
+@pytest.mark.parametrize("ip, field", [("1.2.3.4", 0x01020304), ("2001:db8::1", 0), ("tracker.example", 0)])
+def test_announce_request_ip_field_holds_an_ipv4_ip_only(ip: str, field: int) -> None:
+    fields = struct.unpack(">QII20s20sQQQIIIiH", encode_announce(CID, TID, request(ip=ip)))
+    assert fields[9] == field
 
 
 def test_scrape_request_layout() -> None:

@@ -5,6 +5,13 @@ once when the download completes, ``stopped`` to every tracker that was
 told ``started`` when the torrent stops or pauses.  The next announce is
 due after the tracker's ``interval``, or earlier — but never before its
 ``min interval`` — while the torrent is short of peers.
+
+Two settings of the session shape every announce: ``announce_ip``, an
+address the trackers are asked to hand out for us instead of the one the
+announce comes from (BEP 3's ``ip``; the IPv4 field of a BEP 15 announce,
+as libtorrent sends it) — for a host behind NAT; and ``source_addresses``,
+the specific addresses we listen on, which UDP announces leave from (HTTP
+ones leave from them through the session's HTTP client).
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ from ..errors import TrackerError
 from ..tracker.http_codec import AnnounceRequest
 from ..tracker.tiers import TrackerEntry, TrackerTiers
 from .events import TrackerStatus
-from .services import TorrentServices
+from .services import TorrentServices, TorrentSettings
 from .trackers import TrackerClient, make_client
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AnnounceStats", "Announcer"]
+__all__ = ["AnnounceStats", "Announcer", "announce_options"]
 
 NUMWANT = 50
 # Fewer connected peers than this, while downloading, asks for an early re-announce.
@@ -42,6 +49,18 @@ class AnnounceStats:
     left: int
     finished: bool
     num_peers: int
+
+
+def announce_options(settings: TorrentSettings) -> tuple[str | None, tuple[str, ...]]:
+    """``settings``' ``announce_ip`` and ``source_addresses``, or ``(None, ())`` where it has none.
+
+    Read with defaults, so that settings made without them announce as before
+    (the two fields of :class:`TorrentSettings` are issue 12's; once every
+    settings object has them this is plain attribute access).
+    """
+    announce_ip: str | None = getattr(settings, "announce_ip", None) or None
+    sources: tuple[str, ...] = tuple(getattr(settings, "source_addresses", ()) or ())
+    return announce_ip, sources
 
 
 class Announcer:
@@ -64,6 +83,7 @@ class Announcer:
         self._clients: dict[str, TrackerClient | None] = {}
         self._wake = asyncio.Event()
         self._completed_pending = False
+        self.announce_ip, self.source_addresses = announce_options(services.settings)
 
     # -- what the torrent tells us -------------------------------------------------
 
@@ -172,6 +192,7 @@ class Announcer:
             numwant=0 if event == "stopped" else NUMWANT,
             key=settings.announce_key,
             trackerid=entry.tracker_id,
+            ip=self.announce_ip,
         )
 
     def _client(self, entry: TrackerEntry) -> TrackerClient | None:
@@ -185,6 +206,7 @@ class Announcer:
                     clock=self.clock,
                     udp_retransmit_base=settings.udp_retransmit_base,
                     http_timeout=settings.tracker_timeout,
+                    bind=self.source_addresses,
                 )
             except TrackerError as exc:
                 self._clients[entry.url] = None

@@ -4,6 +4,13 @@ Both clients take an :class:`AnnounceRequest` and give an
 :class:`AnnounceResponse` or raise :class:`~pyowtorrent.errors.TrackerError`
 — for a refusal, an unreadable answer, a timeout or a network failure alike.
 The message formats are the sans-IO codecs' business.
+
+Announces leave from the address we listen on when it is a specific one
+(``bind``, see :func:`~pyowtorrent.engine.net.source_addresses`): UDP
+announces bind their datagram socket to it, and HTTP announces go through
+:func:`http_client_session`, whose connector binds each socket to the source
+address of its family.  A tracker records the address an announce comes
+from; from any other, peers would be sent where we do not listen.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import asyncio
 import logging
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import TrackerError
@@ -43,13 +50,37 @@ from ..tracker.udp_codec import (
 )
 
 from .clock import Clock, LoopClock
+from .net import bound_socket, source_addresses, source_for
 
 if TYPE_CHECKING:
     import aiohttp
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpTracker", "TrackerClient", "UdpTracker", "make_client"]
+__all__ = ["HttpTracker", "TrackerClient", "UdpTracker", "http_client_session", "make_client"]
+
+
+def http_client_session(user_agent: str, bind: Sequence[str] = ()) -> aiohttp.ClientSession:
+    """An aiohttp client session whose connections leave from ``bind``'s address of their family.
+
+    ``bind``: the session's listen addresses (or their
+    :func:`~pyowtorrent.engine.net.source_addresses`).  Without a specific
+    one it is a plain session.  Call it inside the running loop.
+    """
+    import aiohttp
+
+    sources = source_addresses(bind)
+    if not sources:
+        return aiohttp.ClientSession(headers={"User-Agent": user_agent})
+
+    def socket_factory(info: Any) -> socket.socket:
+        family, kind, proto = int(info[0]), int(info[1]), int(info[2])
+        return bound_socket(family, kind, proto, sources)
+
+    # socket_factory (aiohttp 3.12): one bound socket per address family, which
+    # local_addr (one address for every family) cannot give.
+    connector = aiohttp.TCPConnector(socket_factory=socket_factory)
+    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": user_agent})
 
 
 class TrackerClient(Protocol):
@@ -121,12 +152,21 @@ class UdpTracker:
     ``retransmit_base`` is the 15 s of the spec (smaller in tests); after
     ``max_tries`` unanswered tries the tracker counts as failed, so that the
     next one of its tier gets its turn within minutes rather than hours.
+    ``bind``: the session's listen addresses; the datagram socket is bound
+    to the specific one of the tracker's address family, if any.
     """
 
     def __init__(
-        self, url: str, *, retransmit_base: float = 15.0, max_tries: int = 3, clock: Clock | None = None
+        self,
+        url: str,
+        *,
+        retransmit_base: float = 15.0,
+        max_tries: int = 3,
+        clock: Clock | None = None,
+        bind: Sequence[str] = (),
     ) -> None:
         self.url = url
+        self.sources = source_addresses(bind)  # the address announces leave from, per family
         self.clock = clock or LoopClock()
         try:
             parts = urlsplit(url)
@@ -158,8 +198,14 @@ class UdpTracker:
             raise TrackerError(f"{self.url}: cannot resolve {self.host}: {exc}") from None
         family, _, _, _, addr = infos[0]
         ipv6 = family == socket.AF_INET6
+        source = source_for(self.sources, family)
         try:
-            transport, proto = await loop.create_datagram_endpoint(_Datagrams, remote_addr=(str(addr[0]), int(addr[1])))
+            transport, proto = await loop.create_datagram_endpoint(
+                _Datagrams,
+                local_addr=(source, 0) if source is not None else None,
+                remote_addr=(str(addr[0]), int(addr[1])),
+                family=family,
+            )
         except OSError as exc:
             raise TrackerError(f"{self.url}: {exc}") from None
         try:
@@ -208,11 +254,17 @@ def make_client(
     clock: Clock | None = None,
     udp_retransmit_base: float = 15.0,
     http_timeout: float = 30.0,
+    bind: Sequence[str] = (),
 ) -> TrackerClient:
-    """A client for ``url``; ``http`` gives the shared aiohttp session (made only if an HTTP tracker needs it)."""
+    """A client for ``url``; ``http`` gives the shared aiohttp session (made only if an HTTP tracker needs it).
+
+    ``bind`` binds UDP announces (the session's listen addresses); HTTP ones
+    leave from wherever the shared session's connector binds them
+    (:func:`http_client_session`).
+    """
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("http", "https"):
         return HttpTracker(url, http(), timeout=http_timeout)
     if scheme == "udp":
-        return UdpTracker(url, retransmit_base=udp_retransmit_base, clock=clock)
+        return UdpTracker(url, retransmit_base=udp_retransmit_base, clock=clock, bind=bind)
     raise TrackerError(f"{url}: unsupported tracker scheme {scheme!r}")

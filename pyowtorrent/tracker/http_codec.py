@@ -125,7 +125,9 @@ class AnnounceRequest:
     bits of entropy; the caller draws it).  ``numwant`` ``None`` leaves the
     number of peers to the tracker.  ``trackerid`` is the ``tracker id`` of an
     earlier response, sent back as BEP 3 asks.  ``ip`` is BEP 3's optional
-    address parameter; BEP 7 discourages it, and UDP announces never send it.
+    address parameter, for a host whose trackers would otherwise record the
+    wrong address (behind NAT); BEP 7 discourages it and many trackers ignore
+    it.  UDP announces carry it only when it is an IPv4 address.
     """
 
     info_hash: bytes

@@ -31,6 +31,7 @@ is decided by the address family of the socket (BEP 15), so the caller says.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,10 +127,11 @@ def encode_connect(transaction_id: int) -> bytes:
 def encode_announce(connection_id: int, transaction_id: int, req: AnnounceRequest) -> bytes:
     """An announce request (98 bytes) from the same :class:`AnnounceRequest` as HTTP.
 
-    The IP address field is always 0 (BEP 15: trackers rarely honour it, and
-    it cannot hold an IPv6 address); ``req.ip``, ``req.compact`` and
-    ``req.trackerid`` have no UDP form.  ``key`` ``None`` is sent as 0 and
-    ``numwant`` ``None`` as -1 (the tracker's default).
+    The IP address field holds ``req.ip`` when it is an IPv4 address (an
+    explicit external address, as libtorrent's ``announce_ip`` fills it), else
+    0, BEP 15's default: the field cannot hold an IPv6 address or a name.
+    ``req.compact`` and ``req.trackerid`` have no UDP form.  ``key`` ``None``
+    is sent as 0 and ``numwant`` ``None`` as -1 (the tracker's default).
     """
     _check_u64("connection_id", connection_id)
     _check_u32("transaction_id", transaction_id)
@@ -143,11 +145,21 @@ def encode_announce(connection_id: int, transaction_id: int, req: AnnounceReques
         req.left,
         req.uploaded,
         EVENT_CODES[req.event],
-        0,
+        _ipv4_field(req.ip),
         0 if req.key is None else req.key,
         -1 if req.numwant is None else req.numwant,
         req.port,
     )
+
+
+def _ipv4_field(ip: str | None) -> int:
+    """BEP 15's IP address field: the IPv4 address ``ip`` as a number, or 0 (anything else)."""
+    if ip is None:
+        return 0
+    try:
+        return int(ipaddress.IPv4Address(ip))
+    except ValueError:
+        return 0
 
 
 def encode_scrape(connection_id: int, transaction_id: int, info_hashes: Sequence[bytes]) -> bytes:
