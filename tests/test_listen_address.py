@@ -92,10 +92,6 @@ def test_a_session_listening_on_one_address_is_recorded_and_dials_from_it(tmp_pa
     assert out["recorded"] == {"http": [US], "udp": [US]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: session.py does not pass the listen addresses on yet; remove this marker with those lines",
-)
 def test_pyowtorrent_seed_with_listen_is_recorded_at_that_address(tmp_path: Path) -> None:
     """The command line, as a user runs it: ``pyowtorrent seed T DIR --listen 10.77.0.2``, opentracker on 10.77.0.1."""
     make_payload(tmp_path / "ds", {"a.bin": 100_000})

@@ -59,8 +59,19 @@ def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT", type=_peer, help="a peer to connect to")
     p.add_argument("--port", type=int, help="listen port (default: the config's, else any free port)")
-    p.add_argument("--listen", action="append", metavar="ADDR", help="listen address (default: the config's, else all, IPv4 and IPv6)")
+    p.add_argument(
+        "--listen", action="append", metavar="ADDR",
+        help="listen address; a specific one is also where dials and announces leave from (default: the config's, else all, IPv4 and IPv6)",
+    )  # fmt: skip
+    p.add_argument("--announce-ip", metavar="ADDR", help="ask trackers to give peers this address for us (behind NAT; default: the one announces come from)")
     p.add_argument("--upload-limit", type=int, metavar="BYTES", help="upload cap in bytes/s (0: none; default: the config's)")
+    p.add_argument(
+        "--encryption",
+        choices=("disabled", "enabled", "required"),
+        default="enabled",
+        help="message stream encryption (MSE/PE): enabled (default: plaintext, or encrypted for peers that want it),"
+        " required (encrypted only), disabled (plaintext only)",
+    )
 
 
 def _peer(text: str) -> tuple[str, int]:
@@ -142,7 +153,12 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
         output = args.output or cfg.download_dir
         report = _Reporter(args.json, meta.total_length)
         async with Session(
-            listen=list(cfg.listen), port=cfg.port, upload_rate_limit=cfg.upload_rate_limit, max_connections=cfg.max_connections
+            listen=list(cfg.listen),
+            port=cfg.port,
+            upload_rate_limit=cfg.upload_rate_limit,
+            max_connections=cfg.max_connections,
+            encryption=args.encryption,
+            announce_ip=args.announce_ip,
         ) as session:
             for host, port in session.listen_addresses:
                 report.line({"event": "listening", "host": host, "port": port}, f"listening on {_fmt(host, port)}")

@@ -60,6 +60,10 @@ class TorrentSettings:
     tracker_timeout: float = 30.0
     udp_retransmit_base: float = 15.0
     announce_key: int = 0  # BEP 7 'key': the same for the session's life
+    # The address trackers are asked to hand out for us (BEP 3 'ip'), or None: the one announces come from.
+    announce_ip: str | None = None
+    # The specific addresses we listen on, one per family at most: UDP announces leave from them.
+    source_addresses: tuple[str, ...] = ()
 
 
 class Disk(Protocol):

@@ -6,6 +6,12 @@ deadline and routes the connection to the torrent it names; it dials for
 its torrents (:class:`~pyowtorrent.engine.services.Dialer`) and hands back a
 connection whose handshake is done.  Junk where a handshake should be, a
 timeout or a refused connection ends that one connection.
+
+Handshakes may be encrypted (MSE/PE), as ``encryption`` says: with the
+default, ``"enabled"``, a peer that sends a key exchange gets one back, and
+a dial that the remote hangs up on before its handshake is tried once more
+the other way at once (plaintext first; encrypted first for peers that
+needed it before).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 import os
 import random
 import secrets
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -25,12 +32,22 @@ from ..storage.base import PieceStore
 from ..storage.files import Storage
 from ..tracker.peers import holder_of_text
 from ..wire.connection import PeerConnection
+from ..wire.mse import CryptoMethod, rc4_available, skey_hash
 from .clock import Clock, LoopClock
-from .handshake import CONNECTION_FAILURES, PeerLink, open_stream, read_handshake
+from .handshake import (
+    CONNECTION_FAILURES,
+    ENCRYPTION_POLICIES,
+    Encryption,
+    HungUp,
+    PeerLink,
+    accept_handshake,
+    dial_handshake,
+)
 from .meters import RateLimiter
-from .net import Address, Listener, Network, TcpNetwork
+from .net import Address, Listener, Network, TcpNetwork, source_addresses
 from .services import Disk, ThreadDisk, TorrentServices, TorrentSettings
 from .torrent import Torrent
+from .trackers import http_client_session
 
 if TYPE_CHECKING:
     import aiohttp
@@ -45,6 +62,9 @@ __all__ = ["Session", "make_peer_id"]
 MAX_PENDING_HANDSHAKES = 64
 # ... and from one address: several clients behind one NAT, but not a flood.
 MAX_PENDING_HANDSHAKES_PER_IP = 8
+# Peers that took only an encrypted handshake, dialled encrypted first next
+# time (as libtorrent remembers): a bounded memory, the oldest forgotten first.
+MAX_REMEMBERED_ENCRYPTED = 4096
 
 
 def make_peer_id(rng: random.Random | None = None) -> bytes:
@@ -66,6 +86,11 @@ class Session:
 
     ``listen``: addresses to accept peers on (``"0.0.0.0"``, ``"::"``,
     ``"127.0.0.1"``…), or ``None`` to accept none; ``port`` 0 picks a free one.
+    Peer dials, announces and web seed requests leave from the specific
+    listen address of their family, if there is one (a wildcard leaves the
+    choice to the kernel): trackers then record the address we listen on.
+    ``announce_ip`` asks trackers to hand out that address for us instead
+    (BEP 3's ``ip``; for a host behind NAT).
     Resume data goes to ``resume_dir`` (default: ``.pyowtorrent`` in each
     torrent's save directory).  ``upload_rate_limit`` caps what all torrents
     send, in bytes per second (0: no cap).  ``clock``, ``network``, ``disk``
@@ -90,18 +115,26 @@ class Session:
         reconnect_delay: float = 5.0,
         tracker_timeout: float = 30.0,
         udp_retransmit_base: float = 15.0,
+        announce_ip: str | None = None,
+        encryption: Encryption = "enabled",
         clock: Clock | None = None,
         network: Network | None = None,
         disk: Disk | None = None,
         seed: int | None = None,
     ) -> None:
         self.listen = [listen] if isinstance(listen, str) else list(listen or [])
+        # Where outgoing traffic leaves from: the specific listen address of each family.
+        self.source_addresses = source_addresses(self.listen)
         self.port = port
         self.rng = random.Random(seed)
         self.peer_id = peer_id or make_peer_id(self.rng if seed is not None else None)
         if len(self.peer_id) != 20:
             raise ValueError("a peer id is 20 bytes")
         self.max_connections = max_connections
+        self.encryption = _encryption_policy(encryption)
+        # Key pairs and pads: the system's randomness, or the seed's for a reproducible (simulated) run.
+        self._mse_random = random.Random(f"{seed}/mse").randbytes if seed is not None else secrets.token_bytes
+        self._encrypted_first: OrderedDict[Address, None] = OrderedDict()
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
         self.settings = TorrentSettings(
             peer_id=self.peer_id,
@@ -114,9 +147,11 @@ class Session:
             tracker_timeout=tracker_timeout,
             udp_retransmit_base=udp_retransmit_base,
             announce_key=self.rng.getrandbits(32),
+            announce_ip=announce_ip,
+            source_addresses=self.source_addresses,
         )
         self.clock = clock or LoopClock()
-        self.network = network or TcpNetwork()
+        self.network = network or TcpNetwork(bind=self.source_addresses)
         # One disk thread per core: hashing is CPU work, and every extra thread
         # costs hand-offs and wake-ups.
         self._own_disk = disk is None
@@ -227,9 +262,7 @@ class Session:
     def http_client(self) -> aiohttp.ClientSession:
         """The aiohttp client session shared by the trackers (made on first use, in the loop)."""
         if self._http is None:
-            import aiohttp
-
-            self._http = aiohttp.ClientSession(headers={"User-Agent": self.settings.client_name})
+            self._http = http_client_session(self.settings.client_name, self.source_addresses)
         return self._http
 
     # -- ConnectionBudget ---------------------------------------------------------
@@ -246,25 +279,54 @@ class Session:
     async def dial(self, address: Address, conn: PeerConnection) -> PeerLink | None:
         if address in self.own_addresses:
             return None
-        writer: asyncio.StreamWriter | None = None
-        try:
-            reader, writer = await open_stream(self.network, self.clock, address)
-            writer.write(conn.handshake_bytes())
-            data, hs = await read_handshake(reader, self.clock)
-        except CONNECTION_FAILURES as exc:
-            log.info("connecting to %s failed: %s", address, exc or type(exc).__name__)
-            if writer is not None:
-                writer.close()
+        handshake = conn.handshake_bytes()
+        link: PeerLink | None = None
+        for encrypt in self._dial_order(address):
+            try:
+                link = await dial_handshake(
+                    self.network, self.clock, address, handshake, conn.info_hash, encrypt, self._mse_random
+                )
+            except HungUp as exc:
+                log.debug("%s: %s", address, exc)
+                continue  # perhaps it wants the other kind of handshake
+            except CONNECTION_FAILURES as exc:
+                log.info("connecting to %s failed: %s", address, exc or type(exc).__name__)
+                return None
+            break
+        if link is None:
+            log.info("connecting to %s failed: it hung up on every kind of handshake", address)
             return None
+        self._remember_encryption(address, link)
+        hs = link.handshake
         if hs.info_hash != conn.info_hash:
             log.debug("%s answered for another torrent", address)
         elif hs.peer_id == self.peer_id:
             log.debug("%s is ourselves", address)
             self.own_addresses.add(address)  # our own listen address: never again
         else:
-            return PeerLink(reader, writer, address, hs, data, outgoing=True)
-        writer.close()
+            return link
+        link.writer.close()
         return None
+
+    def _dial_order(self, address: Address) -> list[CryptoMethod | None]:
+        """The handshakes to try, in turn: ``None`` plaintext, else the stream methods offered."""
+        if self.encryption == "disabled":
+            return [None]
+        if self.encryption == "required":
+            return [CryptoMethod.RC4]
+        either = CryptoMethod.PLAINTEXT | CryptoMethod.RC4  # the peer chooses: plaintext costs less
+        return [either, None] if address in self._encrypted_first else [None, either]
+
+    def _remember_encryption(self, address: Address, link: PeerLink) -> None:
+        if self.encryption != "enabled":
+            return
+        if link.encryption is None:
+            self._encrypted_first.pop(address, None)
+            return
+        self._encrypted_first[address] = None
+        self._encrypted_first.move_to_end(address)
+        if len(self._encrypted_first) > MAX_REMEMBERED_ENCRYPTED:
+            self._encrypted_first.popitem(last=False)
 
     # -- incoming connections -----------------------------------------------------------
 
@@ -289,18 +351,25 @@ class Session:
         assert task is not None
         self._accepting.add(task)
         try:
-            data, hs = await read_handshake(reader, self.clock)
-        except CONNECTION_FAILURES:
+            link = await accept_handshake(
+                reader, writer, (ip, int(peername[1])), self.clock, self.encryption, self._find_skey, self._mse_random
+            )
+        except CONNECTION_FAILURES as exc:
+            log.debug("incoming connection from %s refused: %s", ip, exc or type(exc).__name__)
             writer.close()
             return
         finally:
             self._handshaking.pop(writer, None)
             self._accepting.discard(task)
-        torrent = self.torrents.get(hs.info_hash)
+        torrent = self.torrents.get(link.handshake.info_hash)
         if torrent is None or not self.can_connect():
-            writer.close()
+            link.writer.close()
             return
-        torrent.accept(PeerLink(reader, writer, (ip, int(peername[1])), hs, data, outgoing=False))
+        torrent.accept(link)
+
+    def _find_skey(self, req2_hash: bytes) -> bytes | None:
+        """The torrent an encrypted handshake names by HASH('req2', info-hash)."""
+        return next((ih for ih in self.torrents if skey_hash(ih) == req2_hash), None)
 
     async def close(self) -> None:
         """Stop every torrent (saving resume data), close the sockets, wait for the peers to go."""
@@ -319,3 +388,18 @@ class Session:
         self._listeners.clear()
         if self._own_disk and isinstance(self.disk, ThreadDisk):
             await self.disk.shutdown()
+
+
+def _encryption_policy(encryption: str) -> Encryption:
+    """``encryption`` checked, and what this machine can do of it: without RC4, no encrypted handshake."""
+    for policy in ENCRYPTION_POLICIES:
+        if encryption == policy:
+            break
+    else:
+        raise ValueError(f"encryption {encryption!r}: one of {', '.join(ENCRYPTION_POLICIES)}")
+    if policy != "disabled" and not rc4_available():
+        if policy == "required":
+            raise PyowtorrentError("encryption is required, but this cryptography library cannot run RC4")
+        log.warning("this cryptography library cannot run RC4: encrypted handshakes are disabled")
+        return "disabled"
+    return policy
