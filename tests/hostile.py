@@ -53,7 +53,7 @@ class Attacker:
         self.remote = parse_handshake(data)
         self.events += self.conn.receive_data(data)
 
-    def send(self, *events: ev.Message) -> None:
+    def send(self, *events: ev.Message | ev.Pex | ev.MetadataMessage) -> None:
         assert self.writer is not None
         self.writer.write(b"".join(self.conn.send(e) for e in events))
 

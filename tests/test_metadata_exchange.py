@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from pyowtorrent.metainfo.bencoding import decode, encode
 from pyowtorrent.storage.create import create_torrent
-from pyowtorrent.wire import LocalProtocolError, RemoteProtocolError
+from pyowtorrent.wire import LocalProtocolError, RemoteProtocolError, Violation
 from pyowtorrent.wire import events as ev
 from pyowtorrent.wire.metadata import (
     MAX_METADATA_MESSAGE,
@@ -40,10 +40,8 @@ from pyowtorrent.wire.metadata import (
     MetadataData,
     MetadataFailed,
     MetadataMessage,
-    MetadataProtocolError,
     MetadataReject,
     MetadataRequest,
-    MetadataRule,
     MetadataServer,
     MetadataVerified,
     advertised_metadata_size,
@@ -112,28 +110,28 @@ def test_what_bep_9_and_libtorrent_tolerate_is_tolerated() -> None:
 @pytest.mark.parametrize(
     ("payload", "rule"),
     [
-        (b"", MetadataRule.INVALID_MESSAGE),
-        (b"le", MetadataRule.INVALID_MESSAGE),
-        (b"d8:msg_typei0e", MetadataRule.INVALID_MESSAGE),
-        (b"d8:msg_typei0ee", MetadataRule.INVALID_MESSAGE),  # no piece
-        (b"d8:msg_type1:05:piecei0ee", MetadataRule.INVALID_MESSAGE),  # msg_type not an integer
-        (b"d8:msg_typei1e5:piecei0eexxxx", MetadataRule.INVALID_MESSAGE),  # data without total_size
-        (b"d8:msg_typei0e5:piecei0x0ee", MetadataRule.INVALID_MESSAGE),
-        (b"d8:msg_typei1e5:piecei0e10:total_sizei0eex", MetadataRule.SIZE_OUT_OF_RANGE),
-        (b"d8:msg_typei1e5:piecei0e10:total_sizei-5eex", MetadataRule.SIZE_OUT_OF_RANGE),
-        (encode({b"msg_type": 1, b"piece": 0, b"total_size": MAX_METADATA_SIZE + 1}) + b"x", MetadataRule.SIZE_OUT_OF_RANGE),
-        (b"d8:msg_typei1e5:piecei1e10:total_sizei5eexxxxx", MetadataRule.PIECE_OUT_OF_RANGE),
-        (b"d8:msg_typei1e5:piecei-1e10:total_sizei5eexxxxx", MetadataRule.PIECE_OUT_OF_RANGE),
-        (b"d8:msg_typei1e5:piecei0e10:total_sizei5eexxxx", MetadataRule.WRONG_BLOCK_LENGTH),  # short last block
-        (b"d8:msg_typei1e5:piecei0e10:total_sizei5eexxxxxx", MetadataRule.WRONG_BLOCK_LENGTH),  # long last block
-        (b"d8:msg_typei1e5:piecei0e10:total_sizei40000ee" + b"x" * 100, MetadataRule.WRONG_BLOCK_LENGTH),  # short middle block
-        (b"d8:msg_typei0e5:piecei0ee" + b"x" * MAX_METADATA_MESSAGE, MetadataRule.MESSAGE_TOO_LARGE),
+        (b"", Violation.INVALID_METADATA_MESSAGE),
+        (b"le", Violation.INVALID_METADATA_MESSAGE),
+        (b"d8:msg_typei0e", Violation.INVALID_METADATA_MESSAGE),
+        (b"d8:msg_typei0ee", Violation.INVALID_METADATA_MESSAGE),  # no piece
+        (b"d8:msg_type1:05:piecei0ee", Violation.INVALID_METADATA_MESSAGE),  # msg_type not an integer
+        (b"d8:msg_typei1e5:piecei0eexxxx", Violation.INVALID_METADATA_MESSAGE),  # data without total_size
+        (b"d8:msg_typei0e5:piecei0x0ee", Violation.INVALID_METADATA_MESSAGE),
+        (b"d8:msg_typei1e5:piecei0e10:total_sizei0eex", Violation.METADATA_SIZE_OUT_OF_RANGE),
+        (b"d8:msg_typei1e5:piecei0e10:total_sizei-5eex", Violation.METADATA_SIZE_OUT_OF_RANGE),
+        (encode({b"msg_type": 1, b"piece": 0, b"total_size": MAX_METADATA_SIZE + 1}) + b"x", Violation.METADATA_SIZE_OUT_OF_RANGE),
+        (b"d8:msg_typei1e5:piecei1e10:total_sizei5eexxxxx", Violation.METADATA_PIECE_OUT_OF_RANGE),
+        (b"d8:msg_typei1e5:piecei-1e10:total_sizei5eexxxxx", Violation.METADATA_PIECE_OUT_OF_RANGE),
+        (b"d8:msg_typei1e5:piecei0e10:total_sizei5eexxxx", Violation.METADATA_WRONG_BLOCK_LENGTH),  # short last block
+        (b"d8:msg_typei1e5:piecei0e10:total_sizei5eexxxxxx", Violation.METADATA_WRONG_BLOCK_LENGTH),  # long last block
+        (b"d8:msg_typei1e5:piecei0e10:total_sizei40000ee" + b"x" * 100, Violation.METADATA_WRONG_BLOCK_LENGTH),  # short middle block
+        (b"d8:msg_typei0e5:piecei0ee" + b"x" * MAX_METADATA_MESSAGE, Violation.METADATA_MESSAGE_TOO_LARGE),
     ],
 )
-def test_what_breaks_the_rules_is_refused(payload: bytes, rule: MetadataRule) -> None:
-    with pytest.raises(MetadataProtocolError) as info:
+def test_what_breaks_the_rules_is_refused(payload: bytes, rule: Violation) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
         decode_metadata_message(payload)
-    assert info.value.rule is rule
+    assert info.value.reason is rule
     assert isinstance(info.value, RemoteProtocolError)
 
 
@@ -154,7 +152,7 @@ def _decodes_or_refuses(payload: bytes) -> None:
     try:
         message = decode_metadata_message(payload)
     except RemoteProtocolError as exc:
-        assert isinstance(exc, MetadataProtocolError)
+        assert isinstance(exc, RemoteProtocolError)
     else:
         if isinstance(message, MetadataData):
             assert 0 < message.total_size <= MAX_METADATA_SIZE
@@ -320,15 +318,15 @@ def test_bad_blocks_are_refused_and_unasked_ones_ignored() -> None:
     assert asm.on_data("stranger", _block(metadata, 0)) is None
     assert asm.num_received == 0
     # Another total_size than ours (a peer that advertised none), or a block of the wrong length.
-    with pytest.raises(MetadataProtocolError) as info:
+    with pytest.raises(RemoteProtocolError) as info:
         asm.on_data("p", MetadataData(0, METADATA_BLOCK, metadata[:METADATA_BLOCK]))
-    assert info.value.rule is MetadataRule.SIZE_MISMATCH
-    with pytest.raises(MetadataProtocolError) as info:
+    assert info.value.reason is Violation.METADATA_SIZE_MISMATCH
+    with pytest.raises(RemoteProtocolError) as info:
         asm.on_data("p", MetadataData(1, len(metadata), metadata[:100]))
-    assert info.value.rule is MetadataRule.WRONG_BLOCK_LENGTH
-    with pytest.raises(MetadataProtocolError) as info:
+    assert info.value.reason is Violation.METADATA_WRONG_BLOCK_LENGTH
+    with pytest.raises(RemoteProtocolError) as info:
         asm.on_data("p", MetadataData(0, len(metadata), metadata[: METADATA_BLOCK + 1]))
-    assert info.value.rule is MetadataRule.WRONG_BLOCK_LENGTH
+    assert info.value.reason is Violation.METADATA_WRONG_BLOCK_LENGTH
     # A reject for what was never asked is ignored too.
     asm.on_reject("p", 2)
     asm.on_reject("q", 0)
@@ -338,9 +336,9 @@ def test_bad_blocks_are_refused_and_unasked_ones_ignored() -> None:
 def test_sizes_out_of_range_are_refused_and_other_sizes_not_asked() -> None:
     info_hash = bytes(20)
     for size in (0, -1, MAX_METADATA_SIZE + 1):
-        with pytest.raises(MetadataProtocolError) as info:
+        with pytest.raises(RemoteProtocolError) as info:
             MetadataAssembler(info_hash, size)
-        assert info.value.rule is MetadataRule.SIZE_OUT_OF_RANGE
+        assert info.value.reason is Violation.METADATA_SIZE_OUT_OF_RANGE
     asm = MetadataAssembler(info_hash, MAX_METADATA_SIZE)  # the cap itself is fine, and costs no memory up front
     assert asm.num_pieces == MAX_METADATA_SIZE // METADATA_BLOCK
     assert not asm.add_peer("other", MAX_METADATA_SIZE - 1)

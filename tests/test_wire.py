@@ -764,7 +764,7 @@ def test_extension_handshake_fields_are_decoded_and_the_whole_dictionary_kept() 
            b"p": 6881, b"yourip": b"\x7f\0\0\1", b"metadata_size": 1234}
     [event] = connected().receive_data(extended_frame(0, encode(raw)))
     assert event == ExtensionHandshake(m={"ut_metadata": 3, "ut_pex": 0}, v="µTorrent 1.2", reqq=250, p=6881,
-                                       yourip=b"\x7f\0\0\1", raw=raw)
+                                       yourip=b"\x7f\0\0\1", metadata_size=1234, raw=raw)
 
 
 def test_extension_handshake_fields_of_the_wrong_type_are_ignored_as_bep_10_asks() -> None:

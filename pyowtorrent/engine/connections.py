@@ -146,9 +146,16 @@ class PeerSet:
 
     def new_connection(self) -> PeerConnection:
         m = self.meta
-        # BEP 27: a private torrent's peers come from its trackers only, so no PEX either way.
+        # BEP 27: a private torrent's peers come from its trackers only, so no PEX either way;
+        # nor ut_metadata, as libtorrent does (see engine/metadata.py).
         return PeerConnection(
-            m.info_hash, self.services.settings.peer_id, m.num_pieces, m.piece_length, m.total_length, pex=not m.private
+            m.info_hash,
+            self.services.settings.peer_id,
+            m.num_pieces,
+            m.piece_length,
+            m.total_length,
+            pex=not m.private,
+            metadata=not m.private,
         )
 
     def _attach(self, link: PeerLink, conn: PeerConnection) -> None:

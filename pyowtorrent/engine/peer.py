@@ -5,7 +5,7 @@ The driver owns the socket and the protocol state of both directions
 :class:`Uploads`, its requests to us), and the BEP 6 allowed-fast pieces each
 side gave the other.  Decisions that involve the whole torrent — which
 blocks to ask for, what to do with a finished piece, who gets an upload slot,
-what to make of a PEX message — are its host's: the driver reports to a
+what to make of a PEX or ut_metadata message — are its host's: the driver reports to a
 :class:`PeerHost` and never changes the torrent's state itself.
 """
 
@@ -71,6 +71,9 @@ class PeerHost(Protocol):
 
     def on_peer_pex(self, peer: Peer, message: ev.Pex) -> None:
         """The peer sent a BEP 11 message (only on a connection that speaks ut_pex)."""
+
+    def on_peer_metadata(self, peer: Peer, message: ev.MetadataMessage) -> None:
+        """The peer sent a BEP 9 message (only on a connection that speaks ut_metadata)."""
 
     async def read_block(self, index: int, begin: int, length: int) -> bytes | bytearray:
         """Bytes to upload (rate-limited, read off the loop)."""
@@ -157,7 +160,7 @@ class Peer:
 
     # -- sending -----------------------------------------------------------
 
-    def send(self, event: ev.Message | ev.Pex) -> None:
+    def send(self, event: ev.Message | ev.Pex | ev.MetadataMessage) -> None:
         if self.closed.is_set():
             return
         if self.writer.is_closing():
@@ -313,6 +316,8 @@ class Peer:
                     self.client = e.v[:64]
             elif type(e) is ev.Pex:
                 host.on_peer_pex(self, e)
+            elif type(e) is ev.MetadataRequest or type(e) is ev.MetadataData or type(e) is ev.MetadataReject:
+                host.on_peer_metadata(self, e)
             # Port, Suggest, Extended: nothing to do yet.
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.

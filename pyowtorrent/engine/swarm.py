@@ -8,7 +8,8 @@ requests, routes received blocks to the
 :class:`~pyowtorrent.engine.pieces.PieceAssembler`, serves uploads through
 the rate limiter and the disk executor, and applies the choker's decisions.  The sans-IO strategies decide; this only wires them to
 the peers.
-Peer exchange (BEP 11) is :class:`~pyowtorrent.engine.pex.PeerExchange`'s,
+Peer exchange (BEP 11) is :class:`~pyowtorrent.engine.pex.PeerExchange`'s, serving the
+metadata (BEP 9) :class:`~pyowtorrent.engine.metadata.MetadataService`'s,
 BEP 6's allowed-fast sets come from :mod:`pyowtorrent.strategy.allowed_fast`.
 """
 
@@ -30,6 +31,7 @@ from ..wire import events as ev
 from ..wire.bitfield import bitfield_bytes
 from .connections import PeerSet
 from .events import EventBus
+from .metadata import MetadataService
 from .meters import RateMeter
 from .peer import OUR_REQQ, Peer
 from .pex import PeerExchange
@@ -71,6 +73,7 @@ class Swarm:
         self.pex = PeerExchange(
             not meta.private, self.clock, self.connections.add, services.dialer.is_self, services.listen_port
         )
+        self.metadata = MetadataService(meta)
         self.uploaded_bytes = 0
         self.downloaded_bytes = 0
         self.download_meter = RateMeter(self.clock)
@@ -140,7 +143,12 @@ class Swarm:
             port = self.services.listen_port() or None
             peer.send(
                 ev.ExtensionHandshake(
-                    m=self.pex.extension_ids(), v=settings.client_name, reqq=OUR_REQQ, p=port, yourip=_packed(peer.address[0])
+                    m={**self.pex.extension_ids(), **self.metadata.extension_ids()},
+                    v=settings.client_name,
+                    reqq=OUR_REQQ,
+                    p=port,
+                    yourip=_packed(peer.address[0]),
+                    metadata_size=self.metadata.metadata_size,
                 )
             )
 
@@ -196,6 +204,9 @@ class Swarm:
     def on_peer_pex(self, peer: Peer, message: ev.Pex) -> None:
         self.pex.on_message(peer, message)
 
+    def on_peer_metadata(self, peer: Peer, message: ev.MetadataMessage) -> None:
+        self.metadata.on_message(peer, message)
+
     def on_uploaded(self, peer: Peer, nbytes: int) -> None:
         self.uploaded_bytes += nbytes
         self.upload_meter.add(nbytes)
@@ -214,6 +225,7 @@ class Swarm:
         if not self.connections.forget(peer):
             return
         self.pex.forget(peer)
+        self.metadata.forget(peer)
         self.picker.on_peer_gone(peer)
         if peer.is_seed:
             self.picker.peer_lost(None, is_seed=True)

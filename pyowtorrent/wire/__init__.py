@@ -1,4 +1,4 @@
-"""The BitTorrent peer wire protocol (BEP 3, 5, 6, 10, 11), sans I/O.
+"""The BitTorrent peer wire protocol (BEP 3, 5, 6, 9, 10, 11), sans I/O.
 
 Bytes in, events out; events in, bytes out (the shape of python-hyper/h11)::
 
@@ -29,6 +29,10 @@ from .events import (
     Interested,
     KeepAlive,
     Message,
+    MetadataData,
+    MetadataMessage,
+    MetadataReject,
+    MetadataRequest,
     NotInterested,
     Pex,
     PexPeer,
@@ -40,6 +44,16 @@ from .events import (
     Unchoke,
 )
 from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
+from .metadata import (
+    METADATA_EXTENSION,
+    MetadataAssembler,
+    MetadataFailed,
+    MetadataServer,
+    MetadataVerified,
+    advertised_metadata_size,
+    decode_metadata_message,
+    encode_metadata_message,
+)
 from .pex import PexFlags, decode_pex, encode_pex
 
 __all__ = [
@@ -60,7 +74,16 @@ __all__ = [
     "Interested",
     "KeepAlive",
     "LocalProtocolError",
+    "METADATA_EXTENSION",
     "Message",
+    "MetadataAssembler",
+    "MetadataData",
+    "MetadataFailed",
+    "MetadataMessage",
+    "MetadataReject",
+    "MetadataRequest",
+    "MetadataServer",
+    "MetadataVerified",
     "NotInterested",
     "PROTOCOL",
     "PeerConnection",
@@ -75,12 +98,15 @@ __all__ = [
     "Suggest",
     "Unchoke",
     "Violation",
+    "advertised_metadata_size",
     "bitfield_bytes",
     "bitfield_flags",
     "bitfield_length",
     "bits_to_set",
+    "decode_metadata_message",
     "decode_pex",
     "encode_handshake",
+    "encode_metadata_message",
     "encode_pex",
     "parse_handshake",
 ]

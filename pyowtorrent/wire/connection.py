@@ -45,6 +45,10 @@ from .events import (
     Interested,
     KeepAlive,
     Message,
+    MetadataData,
+    MetadataMessage,
+    MetadataReject,
+    MetadataRequest,
     NotInterested,
     Pex,
     Piece,
@@ -56,6 +60,7 @@ from .events import (
 )
 from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
 from .messages import EXTENSION_HANDSHAKE_ID, MessageId, decode_extension_handshake, encode_message
+from .metadata import METADATA_EXTENSION, decode_metadata_message, encode_metadata_message
 from .pex import PEX_EXTENSION, decode_pex, encode_pex
 
 # parse_handshake is re-exported: the accepting side needs it next to PeerConnection.
@@ -93,6 +98,7 @@ _BEFORE_FIRST = (KeepAlive, Port, ExtensionHandshake, Extended)
 _FIRST = (Bitfield, HaveAll, HaveNone)
 _FAST_MESSAGES = (Suggest, HaveAll, HaveNone, Reject, AllowedFast)
 _MESSAGE_TYPES = frozenset(get_args(Message))
+_METADATA_MESSAGES = (MetadataRequest, MetadataData, MetadataReject)
 
 
 class PeerConnection:
@@ -108,7 +114,9 @@ class PeerConnection:
     has advertised ``ut_pex``, what arrives under its id is decoded into
     :class:`~pyowtorrent.wire.events.Pex` events, and a ``Pex`` may be sent
     to a remote that advertised it.  Without it (a private torrent, BEP 27)
-    neither happens.
+    neither happens.  ``metadata`` does the same for BEP 9's ``ut_metadata``
+    (:data:`~pyowtorrent.wire.events.MetadataMessage`); an unknown
+    ``msg_type`` is ignored, as BEP 9 asks (no event).
     """
 
     def __init__(
@@ -123,6 +131,7 @@ class PeerConnection:
         extension_protocol: bool = True,
         dht: bool = False,
         pex: bool = False,
+        metadata: bool = False,
         max_block: int = DEFAULT_MAX_BLOCK,
         max_extension_message: int = DEFAULT_MAX_EXTENSION_MESSAGE,
     ) -> None:
@@ -143,6 +152,7 @@ class PeerConnection:
         self.max_block = max_block
         self.max_extension_message = max_extension_message
         self.pex = pex
+        self.metadata = metadata
         self._bounds = Bounds(num_pieces, piece_length, total_length, max_block)
         # BEP 3: connections start out choked and not interested.
         self.am_choking = True
@@ -198,9 +208,13 @@ class PeerConnection:
         self._handshake_sent = True
         return encode_handshake(self.local)
 
-    def send(self, message: Message | Pex) -> bytes:
+    def send(self, message: Message | Pex | MetadataMessage) -> bytes:
         """The bytes that send ``message``, after checking it is legal now."""
-        if isinstance(message, Pex):
+        if isinstance(message, _METADATA_MESSAGES):
+            if not self.metadata:
+                raise LocalProtocolError("this connection does not speak ut_metadata")
+            message = Extended(self._extensions.remote_id(METADATA_EXTENSION), encode_metadata_message(message))
+        elif isinstance(message, Pex):
             if not self.pex:
                 raise LocalProtocolError("this connection does not speak ut_pex")
             message = Extended(self._extensions.remote_id(PEX_EXTENSION), encode_pex(message))
@@ -319,7 +333,9 @@ class PeerConnection:
             if buf.size < length:
                 return
             self._length = None
-            events.append(self._read_message(length))
+            event = self._read_message(length)
+            if event is not None:
+                events.append(event)
 
     def _parse_handshake(self, events: list[Event]) -> HeaderRules | None:
         """The remote's handshake, if it is all here; then the rules of what may follow it."""
@@ -343,7 +359,7 @@ class PeerConnection:
         events.append(handshake)
         return headers
 
-    def _read_message(self, length: int) -> Message | Pex:
+    def _read_message(self, length: int) -> Message | Pex | MetadataMessage | None:
         buf = self._buffer
         msg_id = buf.peek_byte()
         # Piece and extended messages are cut in two so that their payload
@@ -361,7 +377,7 @@ class PeerConnection:
             return self._on_extended(ext_id, buf.take(length - 2))
         return _READERS[msg_id](self, buf.take(length))
 
-    def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended | Pex:
+    def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended | Pex | MetadataMessage | None:
         if ext_id == EXTENSION_HANDSHAKE_ID:
             if len(payload) > MAX_EXTENSION_HANDSHAKE:
                 raise RemoteProtocolError(
@@ -376,6 +392,8 @@ class PeerConnection:
         name = self._extensions.check_incoming(ext_id)
         if name == PEX_EXTENSION and self.pex:
             return decode_pex(payload)
+        if name == METADATA_EXTENSION and self.metadata:
+            return decode_metadata_message(payload)
         return Extended(ext_id, payload)
 
 

@@ -36,6 +36,12 @@ class Violation(enum.StrEnum):
     EXTENDED_ID_NOT_ADVERTISED = "extended message id not advertised"
     INVALID_PEX = "invalid PEX message"
     PEX_TOO_LARGE = "PEX message too large"
+    INVALID_METADATA_MESSAGE = "invalid ut_metadata message"
+    METADATA_MESSAGE_TOO_LARGE = "ut_metadata message too large"
+    METADATA_SIZE_OUT_OF_RANGE = "metadata size zero or over the limit"
+    METADATA_PIECE_OUT_OF_RANGE = "metadata piece out of range"
+    METADATA_WRONG_BLOCK_LENGTH = "metadata block of the wrong length"
+    METADATA_SIZE_MISMATCH = "metadata size other than advertised"
 
 
 class RemoteProtocolError(ProtocolError):

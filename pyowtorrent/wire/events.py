@@ -2,7 +2,8 @@
 
 Names follow the BEPs: BEP 3 (the core messages), BEP 5 (``Port``), BEP 6
 (the fast extension), BEP 10 (the extension protocol) and BEP 11 (``Pex``,
-an extension message the connection decodes when it speaks ``ut_pex``).  The
+an extension message the connection decodes when it speaks ``ut_pex``) and BEP 9
+(``MetadataRequest``, ``MetadataData``, ``MetadataReject``: ``ut_metadata``).  The
 same classes go both ways: :meth:`PeerConnection.receive_data` returns them
 and :meth:`PeerConnection.send` takes them.
 """
@@ -27,6 +28,10 @@ __all__ = [
     "Interested",
     "KeepAlive",
     "Message",
+    "MetadataData",
+    "MetadataMessage",
+    "MetadataReject",
+    "MetadataRequest",
     "NotInterested",
     "Pex",
     "PexPeer",
@@ -158,6 +163,7 @@ class ExtensionHandshake:
     reqq: int | None = None
     p: int | None = None
     yourip: bytes | None = None
+    metadata_size: int | None = None  # BEP 9: the size of the info dictionary, if the sender has it
     raw: dict[bytes, Any] = field(default_factory=dict, repr=False)
 
 
@@ -202,6 +208,35 @@ class Pex:
     dropped: tuple[tuple[str, int], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class MetadataRequest:
+    """BEP 9 ``ut_metadata`` request (msg_type 0) for one 16 KiB piece of the info dictionary."""
+
+    piece: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataData:
+    """BEP 9 ``ut_metadata`` data (msg_type 1): piece ``piece`` of metadata of ``total_size`` bytes."""
+
+    piece: int
+    total_size: int
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataReject:
+    """BEP 9 ``ut_metadata`` reject (msg_type 2)."""
+
+    piece: int
+
+
+MetadataMessage: TypeAlias = MetadataRequest | MetadataData | MetadataReject
+"""A BEP 9 message.  Not a :data:`Message`: like :class:`Pex` it travels as an
+:class:`Extended` under the id the receiver chose for ``ut_metadata``, and only
+a connection made with ``metadata=True`` sends or decodes it."""
+
+
 Message: TypeAlias = (
     KeepAlive
     | Choke
@@ -224,4 +259,4 @@ Message: TypeAlias = (
 )
 """Everything that follows the handshake."""
 
-Event: TypeAlias = Handshake | Message | Pex
+Event: TypeAlias = Handshake | Message | Pex | MetadataMessage

@@ -162,6 +162,7 @@ def encode_extension_handshake(handshake: ExtensionHandshake) -> bytes:
         (b"reqq", handshake.reqq),
         (b"p", handshake.p),
         (b"yourip", handshake.yourip),
+        (b"metadata_size", handshake.metadata_size),
     )
     for key, value in typed:
         if value is not None:
@@ -195,6 +196,7 @@ def decode_extension_handshake(payload: bytes) -> ExtensionHandshake:
         reqq=_typed(d, b"reqq", int, lambda n: n if n > 0 else None),
         p=_typed(d, b"p", int, lambda n: n if 0 < n < 65536 else None),
         yourip=_typed(d, b"yourip", bytes, lambda ip: ip if len(ip) in (4, 16) else None),
+        metadata_size=_typed(d, b"metadata_size", int, lambda n: n),
         raw=d,
     )
 

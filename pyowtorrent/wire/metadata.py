@@ -29,7 +29,6 @@ calls.  Peers are any hashable key the engine chooses.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from ..errors import BencodeError
 from ..metainfo.bencoding import decode, encode
 from ..metainfo.torrent_file import MAX_TORRENT_SIZE
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
-from .events import ExtensionHandshake
+from .events import ExtensionHandshake, MetadataData, MetadataMessage, MetadataReject, MetadataRequest
 
 __all__ = [
     "MAX_METADATA_MESSAGE",
@@ -53,10 +52,8 @@ __all__ = [
     "MetadataData",
     "MetadataFailed",
     "MetadataMessage",
-    "MetadataProtocolError",
     "MetadataReject",
     "MetadataRequest",
-    "MetadataRule",
     "MetadataServer",
     "MetadataVerified",
     "advertised_metadata_size",
@@ -89,57 +86,9 @@ MAX_QUEUED_ANSWERS = 10
 SERVES_PER_PIECE = 4
 
 
-class MetadataRule(enum.StrEnum):
-    """The ``ut_metadata`` rule a peer broke (to become :class:`Violation` members)."""
-
-    INVALID_MESSAGE = "invalid ut_metadata message"
-    MESSAGE_TOO_LARGE = "ut_metadata message too large"
-    SIZE_OUT_OF_RANGE = "metadata size zero or over the limit"
-    PIECE_OUT_OF_RANGE = "metadata piece out of range"
-    WRONG_BLOCK_LENGTH = "metadata block of the wrong length"
-    SIZE_MISMATCH = "metadata size other than advertised"
-
-
-# The existing Violation each rule is reported under until errors.py has its own.
-_NEAREST = {
-    MetadataRule.INVALID_MESSAGE: Violation.WRONG_MESSAGE_LENGTH,
-    MetadataRule.MESSAGE_TOO_LARGE: Violation.MESSAGE_TOO_LONG,
-    MetadataRule.SIZE_OUT_OF_RANGE: Violation.MESSAGE_TOO_LONG,
-    MetadataRule.PIECE_OUT_OF_RANGE: Violation.INDEX_OUT_OF_RANGE,
-    MetadataRule.WRONG_BLOCK_LENGTH: Violation.WRONG_MESSAGE_LENGTH,
-    MetadataRule.SIZE_MISMATCH: Violation.WRONG_MESSAGE_LENGTH,
-}
-
-
-class MetadataProtocolError(RemoteProtocolError):
-    """A peer broke a ``ut_metadata`` rule; ``rule`` names it."""
-
-    def __init__(self, rule: MetadataRule, detail: str) -> None:
-        super().__init__(_NEAREST[rule], f"{rule}: {detail}")
-        self.rule = rule
-
-
 # -- messages -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class MetadataRequest:
-    piece: int
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataData:
-    piece: int
-    total_size: int
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class MetadataReject:
-    piece: int
-
-
-MetadataMessage = MetadataRequest | MetadataData | MetadataReject
 _TYPES: dict[type[Any], int] = {MetadataRequest: 0, MetadataData: 1, MetadataReject: 2}
 
 
@@ -156,35 +105,35 @@ def metadata_block_length(metadata_size: int, piece: int) -> int:
 def _check_block(total_size: int, piece: int, length: int) -> None:
     """Raise if (total_size, piece, length) is not a block of some metadata we accept."""
     if not 0 < total_size <= MAX_METADATA_SIZE:
-        raise MetadataProtocolError(MetadataRule.SIZE_OUT_OF_RANGE, f"{total_size} bytes, the limit is {MAX_METADATA_SIZE}")
+        raise RemoteProtocolError(Violation.METADATA_SIZE_OUT_OF_RANGE, f"{total_size} bytes, the limit is {MAX_METADATA_SIZE}")
     count = metadata_pieces(total_size)
     if not 0 <= piece < count:
-        raise MetadataProtocolError(MetadataRule.PIECE_OUT_OF_RANGE, f"piece {piece} of {count}")
+        raise RemoteProtocolError(Violation.METADATA_PIECE_OUT_OF_RANGE, f"piece {piece} of {count}")
     expected = metadata_block_length(total_size, piece)
     if length != expected:
-        raise MetadataProtocolError(
-            MetadataRule.WRONG_BLOCK_LENGTH, f"{length} bytes for piece {piece} of {total_size} bytes, not {expected}"
+        raise RemoteProtocolError(
+            Violation.METADATA_WRONG_BLOCK_LENGTH, f"{length} bytes for piece {piece} of {total_size} bytes, not {expected}"
         )
 
 
 def decode_metadata_message(payload: bytes | bytearray | memoryview) -> MetadataMessage | None:
     """One ``ut_metadata`` message; ``None`` for an unknown ``msg_type`` (BEP 9: ignore it).
 
-    Raises only :class:`RemoteProtocolError` (a :class:`MetadataProtocolError`).
+    Raises only :class:`RemoteProtocolError`.
     """
     if len(payload) > MAX_METADATA_MESSAGE:
-        raise MetadataProtocolError(
-            MetadataRule.MESSAGE_TOO_LARGE, f"{len(payload)} bytes, the limit is {MAX_METADATA_MESSAGE}"
+        raise RemoteProtocolError(
+            Violation.METADATA_MESSAGE_TOO_LARGE, f"{len(payload)} bytes, the limit is {MAX_METADATA_MESSAGE}"
         )
     data = bytes(payload)
     end = _dict_end(data)
     try:
         d = decode(data[:end])
     except BencodeError as exc:
-        raise MetadataProtocolError(MetadataRule.INVALID_MESSAGE, str(exc)) from None
+        raise RemoteProtocolError(Violation.INVALID_METADATA_MESSAGE, str(exc)) from None
     msg_type, piece = d.get(b"msg_type"), d.get(b"piece")
     if not isinstance(msg_type, int) or not isinstance(piece, int):
-        raise MetadataProtocolError(MetadataRule.INVALID_MESSAGE, "no integer msg_type and piece")
+        raise RemoteProtocolError(Violation.INVALID_METADATA_MESSAGE, "no integer msg_type and piece")
     if msg_type == 0:
         return MetadataRequest(piece)  # bytes after the dictionary are ignored, as libtorrent does
     if msg_type == 2:
@@ -193,7 +142,7 @@ def decode_metadata_message(payload: bytes | bytearray | memoryview) -> Metadata
         return None
     total_size = d.get(b"total_size")
     if not isinstance(total_size, int):
-        raise MetadataProtocolError(MetadataRule.INVALID_MESSAGE, "a data message without an integer total_size")
+        raise RemoteProtocolError(Violation.INVALID_METADATA_MESSAGE, "a data message without an integer total_size")
     block = data[end:]
     _check_block(total_size, piece, len(block))
     return MetadataData(piece, total_size, block)
@@ -207,7 +156,7 @@ def _dict_end(data: bytes) -> int:
     dictionary's bytes with its own rules and bounds.
     """
     if data[:1] != b"d":
-        raise MetadataProtocolError(MetadataRule.INVALID_MESSAGE, "not a bencoded dictionary")
+        raise RemoteProtocolError(Violation.INVALID_METADATA_MESSAGE, "not a bencoded dictionary")
     depth = pos = 0
     n = len(data)
     while pos < n:
@@ -232,7 +181,7 @@ def _dict_end(data: bytes) -> int:
             pos = colon + 1 + int(data[pos:colon])
         else:
             break
-    raise MetadataProtocolError(MetadataRule.INVALID_MESSAGE, "not a complete bencoded dictionary")
+    raise RemoteProtocolError(Violation.INVALID_METADATA_MESSAGE, "not a complete bencoded dictionary")
 
 
 def encode_metadata_message(message: MetadataMessage) -> bytes:
@@ -258,7 +207,9 @@ def advertised_metadata_size(handshake: ExtensionHandshake) -> int | None:
 
     libtorrent reads a size of 0 or less (or none) as "has no metadata".
     """
-    size = handshake.raw.get(b"metadata_size")
+    size = handshake.metadata_size
+    if size is None:  # a handshake built by hand may carry it in raw only
+        size = handshake.raw.get(b"metadata_size")
     if isinstance(size, int) and 0 < size <= MAX_METADATA_SIZE:
         return size
     return None
@@ -309,8 +260,8 @@ class MetadataAssembler:
         if len(info_hash) != 20:
             raise ValueError("a v1 info-hash is 20 bytes")
         if not 0 < metadata_size <= MAX_METADATA_SIZE:
-            raise MetadataProtocolError(
-                MetadataRule.SIZE_OUT_OF_RANGE, f"{metadata_size} bytes, the limit is {MAX_METADATA_SIZE}"
+            raise RemoteProtocolError(
+                Violation.METADATA_SIZE_OUT_OF_RANGE, f"{metadata_size} bytes, the limit is {MAX_METADATA_SIZE}"
             )
         if max_outstanding < 1:
             raise ValueError("max_outstanding must be at least 1")
@@ -416,15 +367,15 @@ class MetadataAssembler:
 
         A block not outstanding at ``peer`` (never asked, timed out, or from
         before a failed check) is ignored, as libtorrent does.  Raises
-        :class:`MetadataProtocolError` for a block that names another
+        :class:`RemoteProtocolError` for a block that names another
         ``total_size`` or has the wrong length.
         """
         mine = self._outstanding.get(peer)
         if self.done or mine is None or message.piece not in mine:
             return None
         if message.total_size != self.metadata_size:
-            raise MetadataProtocolError(
-                MetadataRule.SIZE_MISMATCH, f"total_size {message.total_size}, advertised {self.metadata_size}"
+            raise RemoteProtocolError(
+                Violation.METADATA_SIZE_MISMATCH, f"total_size {message.total_size}, advertised {self.metadata_size}"
             )
         _check_block(self.metadata_size, message.piece, len(message.data))
         mine.discard(message.piece)
