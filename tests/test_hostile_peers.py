@@ -110,7 +110,8 @@ FLOOD = 2_000_000
 FLOODS = {
     # name: (messages, what the seeder says when it drops the flooder)
     "1 MiB extension handshakes": (lambda meta: (_extension_handshake(1 << 20) for _ in range(200)), "too long"),
-    "repeated extension handshakes": (lambda meta: (_extension_handshake(64) for _ in range(FLOOD)), "too many"),
+    # Beyond the eighth they are ignored (libtorrent has no bound), and charged as messages that carry nothing.
+    "repeated extension handshakes": (lambda meta: (_extension_handshake(64) for _ in range(FLOOD)), "flooding"),
     "cancels of nothing": (
         lambda meta: (_message(CANCEL, struct.pack(">III", i % (meta.num_pieces - 1), 0, 16384)) for i in range(FLOOD)),
         "flooding",
@@ -118,6 +119,16 @@ FLOODS = {
     "requests while choked": (
         lambda meta: (_message(REQUEST, struct.pack(">III", i % (meta.num_pieces - 1), 0, 16384)) for i in range(FLOOD)),
         "while choked",
+    ),
+    # Out of range: each is rejected and counted; libtorrent drops after 300 while choked, so do we (always).
+    "invalid requests": (
+        lambda meta: (_message(REQUEST, struct.pack(">III", meta.num_pieces, 0, 16384)) for _ in range(FLOOD)),
+        "invalid requests",
+    ),
+    # Ignored (libtorrent logs and ignores them), and charged as messages that carry nothing.
+    "allowed fast out of range": (
+        lambda meta: (_message(17, struct.pack(">I", meta.num_pieces + i % 100)) for i in range(FLOOD)),
+        "flooding",
     ),
     "repeated haves": (lambda meta: (_message(HAVE, struct.pack(">I", 0)) for _ in range(FLOOD)), "flooding"),
     "keep-alives": (lambda meta: (b"\0\0\0\0" for _ in range(FLOOD)), "flooding"),
@@ -306,5 +317,43 @@ def test_peers_that_never_read_are_really_disconnected(tmp_path: Path, monkeypat
             await until(lambda: not t.swarm.connections._runs.tasks, what="their tasks to end")
             for a in attackers:
                 a.close()
+
+    asyncio.run(main())
+
+
+def test_rules_real_clients_break_are_tolerated_and_the_connection_kept(tmp_path: Path) -> None:
+    """What libtorrent forgives, we forgive: the peer stays, its invalid requests are rejected
+    and counted, the block we never asked for is dropped and counted as waste."""
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 300_000})
+    n = meta.num_pieces
+    invalid = [(n, 0, 16384), (0, 0, 0), (0, 0, 16385)]
+
+    async def main() -> None:
+        async with lo_session() as s:
+            t = await s.add_torrent(meta, seed_dir)
+            a = Attacker(meta, local_host="127.0.0.7")
+            await a.connect(("127.0.0.1", s.listen_port))
+            a.send_raw(
+                _message(15)  # have none
+                + _message(13, struct.pack(">I", n))  # suggest out of range
+                + _message(17, struct.pack(">I", n + 5))  # allowed fast out of range
+                + _message(CANCEL, struct.pack(">III", n, 0, 16384))  # cancel out of range
+                + _message(16, struct.pack(">III", 0, 0, 16384))  # reject of nothing we were asked
+                + _message(EXTENDED, b"\x00junk")  # an extension handshake that does not decode
+                + _message(7, struct.pack(">II", 0, 0) + bytes(16384))  # a block nobody asked for
+                + b"".join(_message(REQUEST, struct.pack(">III", *r)) for r in invalid)
+                + _message(2)  # interested
+            )
+            await a.drain()
+            rejects = [_message(16, struct.pack(">III", *r)) for r in invalid]
+            received = b""
+            while not all(r in received for r in rejects):  # BEP 6: each invalid request rejected
+                received += await asyncio.wait_for(a.reader.read(1 << 16), 10)  # type: ignore[union-attr]
+            [peer] = t.peers.values()
+            await until(lambda: peer.peer_interested, what="the interested message, after all that")
+            assert peer.conduct.invalid_requests == 3
+            assert peer.conduct.wasted_bytes == 16384
+            assert not peer.closed.is_set()
+            a.close()
 
     asyncio.run(main())

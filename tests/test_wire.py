@@ -39,6 +39,7 @@ from pyowtorrent.wire import (
     HaveAll,
     HaveNone,
     Interested,
+    InvalidRequest,
     KeepAlive,
     LocalProtocolError,
     Message,
@@ -51,6 +52,7 @@ from pyowtorrent.wire import (
     Request,
     Suggest,
     Unchoke,
+    UnrequestedPiece,
     Violation,
     bitfield_bytes,
     bitfield_flags,
@@ -549,9 +551,12 @@ def test_a_bitfield_of_the_wrong_length_is_refused(size: int) -> None:
 
 
 @pytest.mark.parametrize("spare", [0x01, 0x20, 0x3F])
-def test_a_bitfield_with_spare_bits_set_is_refused(spare: int) -> None:
-    # 10 pieces: the second byte holds pieces 8 and 9 in its two high bits.
-    assert violation(connected(), frame(5, bytes([0xFF, 0xC0 | spare]))) is Violation.BITFIELD_SPARE_BITS
+def test_a_bitfield_with_spare_bits_set_is_taken_with_them_cleared(spare: int) -> None:
+    # 10 pieces: the second byte holds pieces 8 and 9 in its two high bits.  libtorrent ignores
+    # the spare bits; so do we, and the connection goes on.
+    conn = connected()
+    assert conn.receive_data(frame(5, bytes([0xFF, 0x40 | spare]))) == [Bitfield(b"\xff\x40")]
+    assert conn.receive_data(frame(2)) == [Interested()]
     assert connected().receive_data(frame(5, b"\xff\xc0")) == [Bitfield(b"\xff\xc0")]
 
 
@@ -565,7 +570,8 @@ def test_a_later_bitfield_have_all_or_have_none_is_taken_as_an_update(before: by
     """aria2 sends a whole bitfield mid-connection, and a have all once it completes; libtorrent
     takes them as updates, and so do we (a bitfield's length and spare bits are still checked)."""
     assert connected().receive_data(before + later)[-1] == event
-    assert violation(connected(), before + frame(5, b"\xff\xc1")) is Violation.BITFIELD_SPARE_BITS
+    assert connected().receive_data(before + frame(5, b"\xff\xc1"))[-1] == Bitfield(b"\xff\xc0")
+    assert violation(connected(), before + frame(5, b"\xff")) is Violation.BITFIELD_WRONG_LENGTH
 
 
 def test_keep_alives_and_bep_10_and_port_messages_may_precede_the_bitfield() -> None:
@@ -586,12 +592,22 @@ def test_a_peer_without_pieces_may_skip_the_bitfield_without_the_fast_extension(
 # --- strictness: indices and blocks --------------------------------------------------
 
 
-@pytest.mark.parametrize("msg_id", [4, 13, 17])
 @pytest.mark.parametrize("index", [NUM_PIECES, NUM_PIECES + 1, 0xFFFFFFFF])
-def test_have_suggest_and_allowed_fast_with_an_index_out_of_range_are_refused(msg_id: int, index: int) -> None:
+def test_a_have_with_an_index_out_of_range_is_refused(index: int) -> None:
+    # Strict, as libtorrent: the peer's idea of the torrent is not ours.
+    assert violation(connected(), frame(4, struct.pack(">I", index))) is Violation.INDEX_OUT_OF_RANGE
+    assert connected().receive_data(frame(4, struct.pack(">I", NUM_PIECES - 1))) == [Have(NUM_PIECES - 1)]
+
+
+@pytest.mark.parametrize("msg_id", [13, 17])
+@pytest.mark.parametrize("index", [NUM_PIECES, NUM_PIECES + 1, 0xFFFFFFFF])
+def test_suggest_and_allowed_fast_with_an_index_out_of_range_are_ignored(msg_id: int, index: int) -> None:
+    # libtorrent logs and ignores them: no event, and the connection goes on.
     conn = connected()
-    assert violation(conn, frame(msg_id, struct.pack(">I", index))) is Violation.INDEX_OUT_OF_RANGE
-    assert len(connected().receive_data(frame(msg_id, struct.pack(">I", NUM_PIECES - 1)))) == 1
+    assert conn.receive_data(frame(msg_id, struct.pack(">I", index))) == []
+    assert conn.receive_data(frame(msg_id, struct.pack(">I", NUM_PIECES - 1))) == [
+        (Suggest if msg_id == 13 else AllowedFast)(NUM_PIECES - 1)
+    ]
 
 
 BAD_BLOCKS = [
@@ -607,12 +623,38 @@ BAD_BLOCKS = [
 ]
 
 
-@pytest.mark.parametrize("msg_id", [6, 8, 16])
 @pytest.mark.parametrize("block,reason", BAD_BLOCKS)
-def test_request_cancel_and_reject_outside_the_torrent_are_refused(
+def test_an_invalid_request_is_an_event_and_may_be_rejected_once(block: tuple[int, int, int], reason: Violation) -> None:
+    # libtorrent rejects it and counts it (the driver does: engine/conduct.py); the connection goes on.
+    conn = connected()
+    conn.send(HaveNone())
+    [event] = conn.receive_data(block_frame(6, *block))
+    assert isinstance(event, InvalidRequest) and (event.index, event.begin, event.length) == block
+    assert event.reason  # what is wrong with it, for the log
+    assert conn.send(Reject(*block)) == block_frame(16, *block)  # rejected as it came
+    with pytest.raises(LocalProtocolError):
+        conn.send(Reject(*block))  # once
+    conn.receive_data(block_frame(6, *block) * 2)
+    assert conn.send(Reject(*block)) + conn.send(Reject(*block)) == block_frame(16, *block) * 2  # once each
+    assert conn.receive_data(frame(2)) == [Interested()]
+
+
+def test_we_do_not_reject_an_invalid_request_the_peer_never_sent() -> None:
+    conn = connected()
+    conn.send(HaveNone())
+    with pytest.raises(LocalProtocolError):
+        conn.send(Reject(NUM_PIECES, 0, BLOCK))
+
+
+@pytest.mark.parametrize("msg_id", [8, 16])
+@pytest.mark.parametrize("block,reason", BAD_BLOCKS)
+def test_cancel_and_reject_outside_the_torrent_are_ignored(
     msg_id: int, block: tuple[int, int, int], reason: Violation
 ) -> None:
-    assert violation(connected(), block_frame(msg_id, *block)) is reason
+    conn = requesting((0, 0, BLOCK))
+    assert conn.receive_data(block_frame(msg_id, *block)) == []
+    assert conn.outstanding_requests == {Request(0, 0, BLOCK)}
+    assert conn.receive_data(frame(2)) == [Interested()]
 
 
 @pytest.mark.parametrize(
@@ -626,7 +668,8 @@ def test_requests_and_cancels_inside_the_torrent_are_events(block: tuple[int, in
 def test_max_block_sets_the_largest_request_a_peer_may_make() -> None:
     conn = connected(max_block=BLOCK * 2)
     assert conn.receive_data(block_frame(6, 0, 0, PIECE_LENGTH)) == [Request(0, 0, PIECE_LENGTH)]
-    assert violation(connected(), block_frame(6, 0, 0, PIECE_LENGTH)) is Violation.BAD_BLOCK_LENGTH
+    [event] = connected().receive_data(block_frame(6, 0, 0, PIECE_LENGTH))
+    assert isinstance(event, InvalidRequest)
 
 
 # --- strictness: pieces and rejects against our requests -----------------------------------
@@ -640,11 +683,44 @@ def requesting(*keys: tuple[int, int, int], fast: bool = True) -> PeerConnection
     return conn
 
 
-def test_a_piece_we_did_not_request_is_refused() -> None:
+@pytest.mark.parametrize("block", [(1, 0, BLOCK), (1, BLOCK, BLOCK), (NUM_PIECES - 1, 0, LAST_PIECE)])
+def test_a_piece_in_range_we_did_not_request_is_dropped_and_reported_without_its_bytes(
+    block: tuple[int, int, int],
+) -> None:
+    # libtorrent drops it and counts it as waste; the connection goes on.
     conn = requesting((0, 0, BLOCK))
-    assert violation(conn, piece_frame(1, 0, b"x" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
-    # Same place, other length: still not what we asked for.
-    assert violation(requesting((0, 0, BLOCK)), piece_frame(0, 0, b"x" * 10)) is Violation.PIECE_NOT_REQUESTED
+    index, begin, length = block
+    assert conn.receive_data(piece_frame(index, begin, b"x" * length)) == [UnrequestedPiece(*block)]
+    assert conn.outstanding_requests == {Request(0, 0, BLOCK)}
+    assert conn.receive_data(piece_frame(0, 0, b"y" * BLOCK)) == [Piece(0, 0, b"y" * BLOCK)]
+
+
+@pytest.mark.parametrize(
+    "index,begin,length",
+    [
+        (0, 0, 10),  # same place, other length: off the block grid
+        (0, 1, BLOCK - 1),
+        (0, BLOCK // 2, BLOCK),
+        (NUM_PIECES - 1, 0, BLOCK),  # longer than the last piece
+        (NUM_PIECES, 0, BLOCK),
+        (0, PIECE_LENGTH, BLOCK),
+    ],
+)
+def test_a_piece_we_did_not_request_out_of_range_or_off_the_block_grid_is_refused(
+    index: int, begin: int, length: int
+) -> None:
+    assert violation(requesting((0, 0, BLOCK)), piece_frame(index, begin, b"x" * length)) is Violation.PIECE_NOT_REQUESTED
+
+
+def test_an_empty_piece_is_a_reject_bitcomet_style() -> None:
+    conn = requesting((0, 0, BLOCK), (NUM_PIECES - 1, 0, LAST_PIECE), fast=False)
+    assert conn.receive_data(piece_frame(0, 0, b"") + piece_frame(NUM_PIECES - 1, 0, b"")) == [
+        Reject(0, 0, BLOCK),
+        Reject(NUM_PIECES - 1, 0, LAST_PIECE),
+    ]
+    assert conn.outstanding_requests == frozenset()
+    # One that answers nothing, or out of range, is ignored like such a reject.
+    assert conn.receive_data(piece_frame(0, 0, b"") + piece_frame(NUM_PIECES, 0, b"") + frame(2)) == [Interested()]
 
 
 def test_each_request_is_answered_once() -> None:
@@ -652,7 +728,7 @@ def test_each_request_is_answered_once() -> None:
     assert conn.outstanding_requests == {Request(0, 0, BLOCK)}
     conn.receive_data(piece_frame(0, 0, b"x" * BLOCK))
     assert conn.outstanding_requests == frozenset()
-    assert violation(conn, piece_frame(0, 0, b"x" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
+    assert conn.receive_data(piece_frame(0, 0, b"x" * BLOCK)) == [UnrequestedPiece(0, 0, BLOCK)]
 
 
 @pytest.mark.parametrize("fast", [False, True])
@@ -661,21 +737,21 @@ def test_a_piece_after_our_cancel_is_tolerated_once(fast: bool) -> None:
     conn.send(Cancel(0, 0, BLOCK))
     assert conn.outstanding_requests == frozenset()
     assert conn.receive_data(piece_frame(0, 0, b"x" * BLOCK)) == [Piece(0, 0, b"x" * BLOCK)]
-    assert violation(conn, piece_frame(0, 0, b"x" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
+    assert conn.receive_data(piece_frame(0, 0, b"x" * BLOCK)) == [UnrequestedPiece(0, 0, BLOCK)]
 
 
 def test_a_reject_may_answer_a_cancel_under_the_fast_extension() -> None:
     conn = requesting((0, 0, BLOCK))
     conn.send(Cancel(0, 0, BLOCK))
     assert conn.receive_data(block_frame(16, 0, 0, BLOCK)) == [Reject(0, 0, BLOCK)]
-    assert violation(conn, piece_frame(0, 0, b"x" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
+    assert conn.receive_data(piece_frame(0, 0, b"x" * BLOCK)) == [UnrequestedPiece(0, 0, BLOCK)]
 
 
 def test_a_choke_without_the_fast_extension_drops_our_requests_but_tolerates_pieces_in_flight() -> None:
     conn = requesting((0, 0, BLOCK), (1, 0, BLOCK), fast=False)
     assert conn.receive_data(frame(0) + piece_frame(1, 0, b"y" * BLOCK)) == [Choke(), Piece(1, 0, b"y" * BLOCK)]
     assert conn.outstanding_requests == frozenset() and conn.peer_choking
-    assert violation(conn, piece_frame(1, 0, b"y" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
+    assert conn.receive_data(piece_frame(1, 0, b"y" * BLOCK)) == [UnrequestedPiece(1, 0, BLOCK)]
 
 
 def test_a_block_requested_again_after_a_choke_may_arrive_twice() -> None:
@@ -697,12 +773,13 @@ def test_a_choke_under_the_fast_extension_keeps_our_requests_outstanding() -> No
     ]
 
 
-def test_a_reject_for_a_request_we_never_sent_is_refused() -> None:
+def test_a_reject_for_a_request_we_never_sent_is_ignored() -> None:
+    # libtorrent: "not in request queue", logged and ignored.
     conn = requesting((0, 0, BLOCK))
-    assert violation(conn, block_frame(16, 0, BLOCK, BLOCK)) is Violation.REJECT_NOT_REQUESTED
-    conn = requesting((0, 0, BLOCK))
-    conn.receive_data(block_frame(16, 0, 0, BLOCK))
-    assert violation(conn, block_frame(16, 0, 0, BLOCK)) is Violation.REJECT_NOT_REQUESTED
+    assert conn.receive_data(block_frame(16, 0, BLOCK, BLOCK)) == []
+    assert conn.outstanding_requests == {Request(0, 0, BLOCK)}
+    assert conn.receive_data(block_frame(16, 0, 0, BLOCK)) == [Reject(0, 0, BLOCK)]
+    assert conn.receive_data(block_frame(16, 0, 0, BLOCK) + frame(2)) == [Interested()]
 
 
 # --- negotiation: fast extension and extension protocol ------------------------------------
@@ -750,13 +827,38 @@ def test_we_do_not_send_extension_messages_unless_both_sides_advertised_it(messa
 
 
 @pytest.mark.parametrize("payload", [b"", b"d1:mde", b"d1:md11:ut_metadatai1e", b"i1e", b"de junk", b"\xff"])
-def test_an_extension_handshake_that_is_not_valid_bencoding_is_refused(payload: bytes) -> None:
-    assert violation(connected(), extended_frame(0, payload)) is Violation.INVALID_EXTENSION_HANDSHAKE
+def test_an_extension_handshake_that_is_not_valid_bencoding_means_no_extensions(payload: bytes) -> None:
+    # libtorrent ignores it: no event, the remote has no extensions, the connection goes on.
+    conn = connected()
+    assert conn.receive_data(extended_frame(0, payload)) == []
+    assert dict(conn.remote_extensions) == {}
+    assert conn.receive_data(frame(2)) == [Interested()]
 
 
 @pytest.mark.parametrize("payload", [b"li1ee", b"3:abc", b"i5e"])
-def test_an_extension_handshake_that_is_not_a_dictionary_is_refused(payload: bytes) -> None:
-    assert violation(connected(), extended_frame(0, payload)) is Violation.INVALID_EXTENSION_HANDSHAKE
+def test_an_extension_handshake_that_is_not_a_dictionary_means_no_extensions(payload: bytes) -> None:
+    conn = connected()
+    assert conn.receive_data(extended_frame(0, payload)) == []
+    with pytest.raises(LocalProtocolError):
+        conn.send(Extended(1, b""))
+
+
+def test_an_invalid_extension_handshake_later_keeps_what_the_remote_advertised() -> None:
+    conn = connected()
+    conn.receive_data(extended_frame(0, encode({b"m": {b"ut_pex": 3}})))
+    assert conn.receive_data(extended_frame(0, b"junk")) == []
+    assert dict(conn.remote_extensions) == {"ut_pex": 3}
+
+
+def test_extension_handshakes_beyond_eight_are_ignored_and_one_over_16_kib_is_refused() -> None:
+    conn = connected()
+    for i in range(1, 9):
+        [event] = conn.receive_data(extended_frame(0, encode({b"m": {b"ut_pex": i}})))
+        assert isinstance(event, ExtensionHandshake)
+    assert conn.receive_data(extended_frame(0, encode({b"m": {b"ut_pex": 99}}))) == []
+    assert dict(conn.remote_extensions) == {"ut_pex": 8}
+    big = encode({b"m": {}, b"x": b"a" * (16 << 10)})
+    assert violation(connected(), extended_frame(0, big)) is Violation.EXTENSION_HANDSHAKE_TOO_LONG
 
 
 def test_extension_handshake_fields_are_decoded_and_the_whole_dictionary_kept() -> None:
@@ -871,7 +973,7 @@ def test_a_block_requested_twice_may_be_answered_twice_and_no_more() -> None:
     assert conn.outstanding_requests == {Request(0, 0, BLOCK)}
     assert len(conn.receive_data(piece_frame(0, 0, b"x" * BLOCK) + block_frame(16, 0, 0, BLOCK))) == 2
     assert conn.outstanding_requests == frozenset()
-    assert violation(conn, piece_frame(0, 0, b"x" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
+    assert conn.receive_data(piece_frame(0, 0, b"x" * BLOCK)) == [UnrequestedPiece(0, 0, BLOCK)]
 
 
 def test_a_cancel_covers_every_copy_of_a_request() -> None:
@@ -1004,7 +1106,7 @@ def test_a_block_cancelled_twice_may_be_answered_twice() -> None:
     conn.send(Request(0, 0, BLOCK))
     conn.send(Cancel(0, 0, BLOCK))
     assert len(conn.receive_data(piece_frame(0, 0, b"x" * BLOCK) + block_frame(16, 0, 0, BLOCK))) == 2
-    assert violation(conn, piece_frame(0, 0, b"x" * BLOCK)) is Violation.PIECE_NOT_REQUESTED
+    assert conn.receive_data(piece_frame(0, 0, b"x" * BLOCK)) == [UnrequestedPiece(0, 0, BLOCK)]
 
 
 def test_answers_tolerated_after_a_cancel_are_forgotten_oldest_first_beyond_a_bound() -> None:
@@ -1017,7 +1119,7 @@ def test_answers_tolerated_after_a_cancel_are_forgotten_oldest_first_beyond_a_bo
         conn.send(Request(i, 0, BLOCK))
         conn.send(Cancel(i, 0, BLOCK))
     assert conn.receive_data(block_frame(16, n - 1, 0, BLOCK)) == [Reject(n - 1, 0, BLOCK)]
-    assert violation(conn, block_frame(16, 0, 0, BLOCK)) is Violation.REJECT_NOT_REQUESTED
+    assert conn.receive_data(block_frame(16, 0, 0, BLOCK)) == []  # forgotten: not requested, ignored
 
 
 def test_we_do_not_send_an_extension_message_over_the_limit_or_an_unbencodable_handshake() -> None:

@@ -1,9 +1,11 @@
 """How much a peer may cost us within the protocol's rules, and what we do when it costs more.
 
-The wire layer refuses what breaks a rule; these are the peers that keep the
-rules and still do harm: a stream of requests while choked, floods of
-messages that carry nothing, a peer that rejects everything we ask, a peer
-that never reads what we send.  :class:`Conduct` keeps one peer's account;
+The wire layer refuses what breaks a rule that protects us; these are the peers
+that keep those rules and still do harm: a stream of requests while choked, or
+of requests the wire layer tolerates but we cannot serve (out of range, of
+length 0 or over 16 KiB), floods of messages that carry nothing, a peer that
+rejects everything we ask, a peer that never reads what we send.  Blocks we
+did not ask for are counted too (waste), not punished.  :class:`Conduct` keeps one peer's account;
 the peer driver asks it and acts (drop, stop asking, give the slot away).
 """
 
@@ -18,8 +20,14 @@ __all__ = ["Conduct", "PeerMisbehaved"]
 # Requests a choked peer may send before it is dropped (libtorrent drops such
 # peers too): one full queue arriving after our choke is normal, a stream is not.
 MAX_CHOKED_REQUESTS = 1000
+# Invalid requests (out of range, length 0 or over the block limit) a peer may
+# send in the life of a connection: each is rejected (BEP 6) or ignored, and
+# the peer dropped beyond this.  libtorrent drops after 300 while choked; one
+# full queue of a client that has the torrent's shape wrong is below it, a
+# stream is not.  (The wire layer remembers more than this many, to reject each.)
+MAX_INVALID_REQUESTS = 300
 # Messages that cost us work and carry nothing (keep-alives, haves of pieces
-# already announced, cancels of nothing): a burst of this many, then this many a second.
+# already announced, cancels of nothing, what the wire layer ignored): a burst of this many, then this many a second.
 IDLE_MESSAGE_BURST = 500
 IDLE_MESSAGES_PER_SECOND = 10.0
 # Rejects in a row (BEP 6) before we stop asking the peer; the pause doubles
@@ -41,6 +49,8 @@ class Conduct:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._choked_requests = 0
+        self.invalid_requests = 0
+        self.wasted_bytes = 0  # blocks it sent that we had not asked for, dropped unread
         self._idle_messages = Allowance(clock, IDLE_MESSAGE_BURST, IDLE_MESSAGES_PER_SECOND)
         self._rejects_in_a_row = 0
         self._backoff = 0.0
@@ -54,11 +64,19 @@ class Conduct:
         if self._choked_requests > MAX_CHOKED_REQUESTS:
             raise PeerMisbehaved(f"{self._choked_requests} requests while choked")
 
+    def invalid_request(self) -> None:
+        self.invalid_requests += 1
+        if self.invalid_requests > MAX_INVALID_REQUESTS:
+            raise PeerMisbehaved(f"{self.invalid_requests} invalid requests")
+
+    def unrequested_block(self, nbytes: int) -> None:
+        self.wasted_bytes += nbytes
+
     def unchoked(self) -> None:
         self._choked_requests = 0
 
-    def idle_message(self, what: str) -> None:
-        if not self._idle_messages.spend():
+    def idle_message(self, what: str, count: int = 1) -> None:
+        if not self._idle_messages.spend(count):
             raise PeerMisbehaved(f"flooding us with {what} messages")
 
     def rejected(self) -> bool:

@@ -212,6 +212,10 @@ class Peer:
                     break  # closed while this read waited (a ban, an eviction): what it says no longer counts
                 self.last_received = self.clock.now()
                 self._handle(self.conn.receive_data(data))
+                if self.conn.ignored_messages:
+                    # What the wire layer tolerated and ignored (logged there) carries nothing either.
+                    self.conduct.idle_message("ignored", self.conn.ignored_messages)
+                    self.conn.ignored_messages = 0
                 if self.writer.transport.get_write_buffer_size() > 4 * MAX_READ:
                     await self.writer.drain()
         except RemoteProtocolError as exc:
@@ -270,6 +274,14 @@ class Peer:
                     self.conduct.idle_message("have")
             elif type(e) is ev.Request:
                 self.uploads.on_request(e)
+            elif type(e) is ev.InvalidRequest:
+                log.debug("%r: invalid request, refused: %s", self, e.reason)
+                self.conduct.invalid_request()  # drops a peer that keeps it up
+                if self.fast:
+                    self.send(ev.Reject(e.index, e.begin, e.length))
+            elif type(e) is ev.UnrequestedPiece:
+                log.debug("%r: dropped %d bytes of piece %d we did not ask for", self, e.length, e.index)
+                self.conduct.unrequested_block(e.length)
             elif type(e) is ev.Unchoke:
                 # Choke and interest changes cost us work (a refill, a rechoke): a
                 # real peer makes a few a minute, a flapping one is cut off.

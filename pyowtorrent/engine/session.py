@@ -340,6 +340,11 @@ class Session:
         ip = str(peername[0])
         host = holder_of_text(ip)  # an IPv6 host counts as its /64
         if sum(1 for other in self._handshaking.values() if other == host) >= MAX_PENDING_HANDSHAKES_PER_IP:
+            log.info(
+                "incoming connection from %s refused: %d handshakes already pending from it",
+                ip,
+                MAX_PENDING_HANDSHAKES_PER_IP,
+            )
             writer.close()
             return
         if len(self._handshaking) >= MAX_PENDING_HANDSHAKES:
@@ -363,6 +368,8 @@ class Session:
             self._accepting.discard(task)
         torrent = self.torrents.get(link.handshake.info_hash)
         if torrent is None or not self.can_connect():
+            why = "no such torrent " + link.handshake.info_hash.hex() if torrent is None else "connection budget full"
+            log.info("incoming connection from %s refused: %s", ip, why)
             link.writer.close()
             return
         torrent.accept(link)

@@ -27,6 +27,7 @@ from .events import (
     HaveAll,
     HaveNone,
     Interested,
+    InvalidRequest,
     KeepAlive,
     Message,
     MetadataData,
@@ -42,6 +43,7 @@ from .events import (
     Request,
     Suggest,
     Unchoke,
+    UnrequestedPiece,
 )
 from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
 from .metadata import (
@@ -72,6 +74,7 @@ __all__ = [
     "HaveAll",
     "HaveNone",
     "Interested",
+    "InvalidRequest",
     "KeepAlive",
     "LocalProtocolError",
     "METADATA_EXTENSION",
@@ -97,6 +100,7 @@ __all__ = [
     "Request",
     "Suggest",
     "Unchoke",
+    "UnrequestedPiece",
     "Violation",
     "advertised_metadata_size",
     "bitfield_bytes",

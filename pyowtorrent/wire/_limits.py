@@ -11,6 +11,7 @@ handshakes negotiated.
 
 from __future__ import annotations
 
+from ..metainfo.layout import BLOCK_SIZE
 from .bitfield import bitfield_length
 from .errors import RemoteProtocolError, Violation
 from .messages import FAST_IDS, FIXED_LENGTH, MessageId
@@ -55,6 +56,21 @@ class Bounds:
         spare = self.bitfield_length * 8 - self.num_pieces
         if spare and bits[-1] & ((1 << spare) - 1):
             raise RemoteProtocolError(Violation.BITFIELD_SPARE_BITS, f"last byte {bits[-1]:#04x}")
+
+    def mask_spare_bits(self, bits: bytes) -> bytes:
+        """A received bitfield (of the right length) with its spare bits cleared: libtorrent
+        ignores them, and so do we."""
+        spare = self.bitfield_length * 8 - self.num_pieces
+        if spare and bits[-1] & ((1 << spare) - 1):
+            return bits[:-1] + bytes([bits[-1] & ~((1 << spare) - 1) & 0xFF])
+        return bits
+
+    def on_block_grid(self, index: int, begin: int, length: int) -> bool:
+        """True if the block is in range and is one of the ``block_size`` blocks a piece is cut into."""
+        if not 0 <= index < self.num_pieces:
+            return False
+        size = self.piece_size(index)
+        return 0 <= begin < size and begin % BLOCK_SIZE == 0 and length == min(BLOCK_SIZE, size - begin)
 
     def check_block(self, index: int, begin: int, length: int) -> BlockKey:
         self.check_index(index)

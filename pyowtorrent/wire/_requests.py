@@ -1,10 +1,11 @@
 """The requests we sent, and how many answers (a piece or a reject) each may still get.
 
-A piece or reject that answers nothing we asked for is a protocol violation
-(BEP 3, BEP 6), so every one received is counted off here.  Some answers are
-tolerated though nothing is outstanding any longer: those to a request we
-cancelled, and, without the fast extension, those to requests a choke
-dropped — pieces already on the way may still arrive.
+Every piece or reject received is counted off here.  One that answers
+nothing we asked is tolerated (libtorrent's "not in request queue": the
+connection decides what to make of it), and some answers are expected though
+nothing is outstanding any longer: those to a request we cancelled, and,
+without the fast extension, those to requests a choke dropped — pieces
+already on the way may still arrive.
 """
 
 from __future__ import annotations

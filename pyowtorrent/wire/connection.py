@@ -5,9 +5,20 @@ returns events; events go into :meth:`PeerConnection.send`, which returns
 the bytes to write.  The connection reads no socket and no clock: the driver
 (``peer.py``) does the I/O, the timers and the keep-alives.
 
-It checks every rule of BEP 3, 6 and 10 that one connection can see and
-fails on the first broken one with a :class:`RemoteProtocolError` naming it.
-What we send is held to the same rules (:class:`LocalProtocolError`), so a
+It is strict where a broken rule could hurt us (sizes, bounds, the index of
+a ``have``, blocks that would land in the wrong place, what was negotiated)
+and fails on the first such break with a :class:`RemoteProtocolError` naming
+it.  Where real clients break the letter of BEP 3, 6 and 10 and libtorrent
+lets them, so do we, logging each at debug level: a bitfield's spare bits are
+cleared; a suggest, allowed fast, cancel or reject out of range, a reject of
+nothing we asked, and an extension handshake that does not decode or comes
+after the eighth are ignored (and counted in :attr:`PeerConnection.ignored_messages`
+for the driver to charge); an invalid request becomes an
+:class:`~pyowtorrent.wire.events.InvalidRequest` for the driver to reject and
+count; a piece in range that we did not ask for becomes an
+:class:`~pyowtorrent.wire.events.UnrequestedPiece` (its bytes dropped); a
+piece of 0 bytes is a reject (BitComet).
+What we send is held to the strict rules (:class:`LocalProtocolError`), so a
 bug of ours shows up here and not as a peer hanging up on us.
 
 The rules live beside it, one concern each: ``_limits`` (piece indices,
@@ -19,6 +30,7 @@ handful of calls.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -27,7 +39,7 @@ from typing import get_args
 from ..metainfo.layout import BLOCK_SIZE
 from ._buffer import ByteQueue
 from ._extensions import ExtensionIds
-from ._limits import Bounds, HeaderRules
+from ._limits import BlockKey, Bounds, HeaderRules
 from ._requests import RequestLedger
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
 from .events import (
@@ -43,6 +55,7 @@ from .events import (
     HaveAll,
     HaveNone,
     Interested,
+    InvalidRequest,
     KeepAlive,
     Message,
     MetadataData,
@@ -57,6 +70,7 @@ from .events import (
     Request,
     Suggest,
     Unchoke,
+    UnrequestedPiece,
 )
 from .handshake import HANDSHAKE_LENGTH, PROTOCOL, encode_handshake, parse_handshake
 from .messages import EXTENSION_HANDSHAKE_ID, MessageId, decode_extension_handshake, encode_message
@@ -65,6 +79,8 @@ from .pex import PEX_EXTENSION, decode_pex, encode_pex
 
 # parse_handshake is re-exported: the accepting side needs it next to PeerConnection.
 __all__ = ["DEFAULT_MAX_BLOCK", "DEFAULT_MAX_EXTENSION_MESSAGE", "PeerConnection", "parse_handshake"]
+
+log = logging.getLogger(__name__)
 
 # BEP 3: "All current implementations use 2^14 (16 kiB), and close
 # connections which request an amount greater than that."
@@ -75,9 +91,13 @@ DEFAULT_MAX_EXTENSION_MESSAGE = 1 << 20
 # A BEP 10 handshake is a small dictionary (well under 1 KiB from every client
 # we know); decoding bencode costs ~0.4 µs a byte, so a bound keeps a peer from
 # spending the event loop's time.  BEP 10 lets a peer send it again to change
-# its ids; a handful of times is plenty.
+# its ids; a handful of times is plenty (later ones are ignored).
 MAX_EXTENSION_HANDSHAKE = 16 << 10
 MAX_EXTENSION_HANDSHAKES = 8
+# Invalid requests received that we may still send a reject for, oldest
+# forgotten first: above the engine's bound on them (conduct.py), so a reject
+# sent at once always finds its request.
+_MAX_INVALID_REQUESTS = 1024
 
 _LENGTH = struct.Struct(">I")
 _INDEX_BODY = struct.Struct(">xI")  # id, index
@@ -170,6 +190,10 @@ class PeerConnection:
         self._requests = RequestLedger()
         self._extensions = ExtensionIds()
         self._extension_handshakes = 0
+        self._invalid_requests: dict[BlockKey, int] = {}  # received, and how many rejects they may get
+        # Messages received and ignored (no event): the driver may charge them to the peer, as it
+        # does messages that carry nothing, so that a flood of them is not free.
+        self.ignored_messages = 0
 
     # -- what was negotiated ------------------------------------------------
 
@@ -266,9 +290,17 @@ class PeerConnection:
         elif isinstance(message, Cancel):
             if not self._requests.cancel(bounds.check_block(message.index, message.begin, message.length)):
                 raise LocalProtocolError(f"{message} cancels no outstanding request")
-        elif isinstance(message, (Piece, Reject)):
-            length = len(message.block) if isinstance(message, Piece) else message.length
-            bounds.check_block(message.index, message.begin, length)
+        elif isinstance(message, Reject):
+            key = (message.index, message.begin, message.length)
+            count = self._invalid_requests.get(key)
+            if count is None:
+                bounds.check_block(*key)
+            elif count == 1:  # an invalid request is rejected as it came, once each
+                del self._invalid_requests[key]
+            else:
+                self._invalid_requests[key] = count - 1
+        elif isinstance(message, Piece):
+            bounds.check_block(message.index, message.begin, len(message.block))
         elif isinstance(message, Port):
             if not self.local.dht:
                 raise LocalProtocolError("a Port message advertises a DHT node, and we did not set the DHT bit")
@@ -359,7 +391,7 @@ class PeerConnection:
         events.append(handshake)
         return headers
 
-    def _read_message(self, length: int) -> Message | Pex | MetadataMessage | None:
+    def _read_message(self, length: int) -> Event | None:
         buf = self._buffer
         msg_id = buf.peek_byte()
         # Piece and extended messages are cut in two so that their payload
@@ -367,15 +399,50 @@ class PeerConnection:
         if msg_id == _PIECE:
             index, begin = _PIECE_HEAD.unpack(buf.take(9))
             block = buf.take(length - 9)
-            if not self._requests.answer((index, begin, length - 9)):
-                raise RemoteProtocolError(
-                    Violation.PIECE_NOT_REQUESTED, f"piece {index} offset {begin} length {length - 9}"
-                )
-            return Piece(index, begin, block)
+            if self._requests.answer((index, begin, length - 9)):
+                return Piece(index, begin, block)
+            return self._unrequested_piece(index, begin, length - 9)
         if msg_id == _EXTENDED:
             ext_id = buf.take(2)[1]
             return self._on_extended(ext_id, buf.take(length - 2))
         return _READERS[msg_id](self, buf.take(length))
+
+    def _unrequested_piece(self, index: int, begin: int, length: int) -> Reject | UnrequestedPiece | None:
+        bounds = self._bounds
+        if length == 0:
+            # BitComet rejects with a piece of no bytes: the reject of the block we asked at that offset.
+            if not 0 <= index < bounds.num_pieces or not 0 <= begin < bounds.piece_size(index):
+                log.debug("ignored an empty piece %d offset %d: out of range", index, begin)
+                self.ignored_messages += 1
+                return None
+            return self._read_reject(index, begin, min(BLOCK_SIZE, self.max_block, bounds.piece_size(index) - begin))
+        if not bounds.on_block_grid(index, begin, length):
+            # Bytes that cannot be a block of ours: the peer has the torrent's shape wrong.
+            raise RemoteProtocolError(
+                Violation.PIECE_NOT_REQUESTED,
+                f"piece {index} offset {begin} length {length}: out of range or off the block grid",
+            )
+        # In range and a real block: late (a request we timed out) or a peer's mistake.  libtorrent
+        # drops it and counts it as waste, so do we (the driver counts).
+        return UnrequestedPiece(index, begin, length)
+
+    def _read_reject(self, index: int, begin: int, length: int) -> Reject | None:
+        if not self._requests.answer((index, begin, length)):
+            # libtorrent: "not in request queue" (a cancel crossed it, or a peer's mistake).
+            log.debug("ignored a reject of piece %d offset %d length %d: not requested", index, begin, length)
+            self.ignored_messages += 1
+            return None
+        return Reject(index, begin, length)
+
+    def _read_request(self, key: BlockKey) -> Request | InvalidRequest:
+        try:
+            return Request(*self._bounds.check_block(*key))
+        except RemoteProtocolError as exc:
+            invalid = self._invalid_requests
+            if key not in invalid and len(invalid) >= _MAX_INVALID_REQUESTS:
+                del invalid[next(iter(invalid))]
+            invalid[key] = invalid.get(key, 0) + 1
+            return InvalidRequest(*key, exc.detail)
 
     def _on_extended(self, ext_id: int, payload: bytes) -> ExtensionHandshake | Extended | Pex | MetadataMessage | None:
         if ext_id == EXTENSION_HANDSHAKE_ID:
@@ -385,8 +452,15 @@ class PeerConnection:
                 )
             self._extension_handshakes += 1
             if self._extension_handshakes > MAX_EXTENSION_HANDSHAKES:
-                raise RemoteProtocolError(Violation.TOO_MANY_EXTENSION_HANDSHAKES, f"over {MAX_EXTENSION_HANDSHAKES}")
-            handshake = decode_extension_handshake(payload)
+                log.debug("ignored extension handshake %d: over %d", self._extension_handshakes, MAX_EXTENSION_HANDSHAKES)
+                self.ignored_messages += 1
+                return None
+            try:
+                handshake = decode_extension_handshake(payload)
+            except RemoteProtocolError as exc:  # libtorrent ignores it: the peer has no extensions we know
+                log.debug("ignored an extension handshake: %s", exc)
+                self.ignored_messages += 1
+                return None
             self._extensions.update_remote(handshake)
             return handshake
         name = self._extensions.check_incoming(ext_id)
@@ -399,7 +473,7 @@ class PeerConnection:
 
 # Decoders of the messages other than piece and extended, by id: each takes
 # the whole body (id byte first) once its header has passed HeaderRules.check.
-_Reader = Callable[[PeerConnection, bytes], Message]
+_Reader = Callable[[PeerConnection, bytes], Message | InvalidRequest | None]
 
 
 def _flag(event: Message, attr: str, value: bool) -> _Reader:
@@ -410,26 +484,43 @@ def _flag(event: Message, attr: str, value: bool) -> _Reader:
     return read
 
 
-def _indexed(kind: Callable[[int], Message]) -> _Reader:
-    def read(conn: PeerConnection, body: bytes) -> Message:
+def _have(conn: PeerConnection, body: bytes) -> Message:
+    (index,) = _INDEX_BODY.unpack(body)
+    conn._bounds.check_index(index)  # strict: libtorrent disconnects too
+    return Have(index)
+
+
+def _hint(kind: Callable[[int], Message]) -> _Reader:
+    """Suggest and allowed fast: a hint out of range is ignored (libtorrent logs and ignores it)."""
+
+    def read(conn: PeerConnection, body: bytes) -> Message | None:
         (index,) = _INDEX_BODY.unpack(body)
-        conn._bounds.check_index(index)
+        if not 0 <= index < conn.num_pieces:
+            log.debug("ignored %s of piece %d of %d", kind.__name__, index, conn.num_pieces)
+            conn.ignored_messages += 1
+            return None
         return kind(index)
 
     return read
 
 
-def _block(kind: Callable[[int, int, int], Message]) -> _Reader:
-    def read(conn: PeerConnection, body: bytes) -> Message:
-        return kind(*conn._bounds.check_block(*_BLOCK_BODY.unpack(body)))
+def _request(conn: PeerConnection, body: bytes) -> Request | InvalidRequest:
+    return conn._read_request(_BLOCK_BODY.unpack(body))
 
-    return read
+
+def _cancel(conn: PeerConnection, body: bytes) -> Message | None:
+    key = _BLOCK_BODY.unpack(body)
+    try:
+        return Cancel(*conn._bounds.check_block(*key))
+    except RemoteProtocolError as exc:  # it cancels nothing we could be serving
+        log.debug("ignored a cancel: %s", exc.detail)
+        conn.ignored_messages += 1
+        return None
 
 
 def _bitfield(conn: PeerConnection, body: bytes) -> Message:
-    bits = body[1:]
-    conn._bounds.check_bitfield(bits)
-    return Bitfield(bits)
+    # Its length was checked with the header; spare bits set are cleared (libtorrent ignores them).
+    return Bitfield(conn._bounds.mask_spare_bits(body[1:]))
 
 
 def _choke(conn: PeerConnection, _: bytes) -> Message:
@@ -441,13 +532,9 @@ def _choke(conn: PeerConnection, _: bytes) -> Message:
     return _CHOKE
 
 
-def _reject(conn: PeerConnection, body: bytes) -> Message:
-    index, begin, length = key = conn._bounds.check_block(*_BLOCK_BODY.unpack(body))
-    if not conn._requests.answer(key):
-        raise RemoteProtocolError(
-            Violation.REJECT_NOT_REQUESTED, f"reject of piece {index} offset {begin} length {length}"
-        )
-    return Reject(index, begin, length)
+def _reject(conn: PeerConnection, body: bytes) -> Message | None:
+    # Out of range it answers none of our requests, which are all in range: ignored as well.
+    return conn._read_reject(*_BLOCK_BODY.unpack(body))
 
 
 _READERS: dict[int, _Reader] = {
@@ -455,14 +542,14 @@ _READERS: dict[int, _Reader] = {
     MessageId.UNCHOKE: _flag(_UNCHOKE, "peer_choking", False),
     MessageId.INTERESTED: _flag(_INTERESTED, "peer_interested", True),
     MessageId.NOT_INTERESTED: _flag(_NOT_INTERESTED, "peer_interested", False),
-    MessageId.HAVE: _indexed(Have),
+    MessageId.HAVE: _have,
     MessageId.BITFIELD: _bitfield,
-    MessageId.REQUEST: _block(Request),
-    MessageId.CANCEL: _block(Cancel),
+    MessageId.REQUEST: _request,
+    MessageId.CANCEL: _cancel,
     MessageId.PORT: lambda _, body: Port(*_PORT_BODY.unpack(body)),
-    MessageId.SUGGEST: _indexed(Suggest),
+    MessageId.SUGGEST: _hint(Suggest),
     MessageId.HAVE_ALL: lambda conn, _: _HAVE_ALL,
     MessageId.HAVE_NONE: lambda conn, _: _HAVE_NONE,
     MessageId.REJECT: _reject,
-    MessageId.ALLOWED_FAST: _indexed(AllowedFast),
+    MessageId.ALLOWED_FAST: _hint(AllowedFast),
 }

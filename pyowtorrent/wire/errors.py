@@ -14,7 +14,15 @@ __all__ = ["LocalProtocolError", "RemoteProtocolError", "Violation"]
 
 
 class Violation(enum.StrEnum):
-    """The rule a peer broke, one member per check, stable for code to test."""
+    """The rule a peer broke, one member per check, stable for code to test.
+
+    Some rules are tolerated on receiving, as libtorrent tolerates them, and no longer end a
+    connection: ``BITFIELD_SPARE_BITS`` (the bits are cleared), ``REJECT_NOT_REQUESTED``,
+    ``INVALID_EXTENSION_HANDSHAKE`` and ``TOO_MANY_EXTENSION_HANDSHAKES`` (ignored), and
+    ``INDEX_OUT_OF_RANGE``, ``BAD_BLOCK_LENGTH`` and ``BLOCK_OUT_OF_RANGE`` for everything but a
+    ``have`` and a piece (see :mod:`pyowtorrent.wire.connection`).  The members stay: what we
+    send is still held to them.
+    """
 
     BAD_PROTOCOL_STRING = "bad protocol string"
     WRONG_INFO_HASH = "wrong info-hash"

@@ -26,6 +26,7 @@ __all__ = [
     "HaveAll",
     "HaveNone",
     "Interested",
+    "InvalidRequest",
     "KeepAlive",
     "Message",
     "MetadataData",
@@ -41,6 +42,7 @@ __all__ = [
     "Request",
     "Suggest",
     "Unchoke",
+    "UnrequestedPiece",
 ]
 
 
@@ -259,4 +261,30 @@ Message: TypeAlias = (
 )
 """Everything that follows the handshake."""
 
-Event: TypeAlias = Handshake | Message | Pex | MetadataMessage
+@dataclass(frozen=True, slots=True)
+class InvalidRequest:
+    """A request the remote may not make: a piece out of range, a block of length 0 or over the
+    limit, or past the end of its piece.  Not a :data:`Message`: received only.
+
+    libtorrent answers one with a reject (BEP 6) and counts it, and drops a peer only after many;
+    the connection does the same: it does not fail, and a :class:`Reject` of these very fields
+    may be sent back (once).  ``reason`` says what is wrong with it.
+    """
+
+    index: int
+    begin: int
+    length: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnrequestedPiece:
+    """A piece message in range and on the block grid that answers no request of ours (the block
+    is dropped; only its size is kept, to count as waste).  Not a :data:`Message`: received only."""
+
+    index: int
+    begin: int
+    length: int
+
+
+Event: TypeAlias = Handshake | Message | Pex | MetadataMessage | InvalidRequest | UnrequestedPiece
