@@ -7,7 +7,8 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,3 +116,45 @@ def child_env() -> dict[str, str]:
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def in_work_dir(args: argparse.Namespace, prefix: str, kept: str, run: Callable[[Path], int]) -> int:
+    """Run ``run(root)`` in a fresh temp directory; keep it with --keep, keep the logs on failure or --profile."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=args.dir)).resolve()
+    rc = 2
+    try:
+        rc = run(root)
+        return rc
+    finally:
+        if args.keep:
+            log(f"kept {root}")
+        elif args.profile or rc == 1:
+            shutil.rmtree(root / "seed", ignore_errors=True)
+            what = "profiles, " if args.profile else ""
+            log(f"kept the {what}{kept}' stderr logs and the .torrent in {root} (the payload is deleted)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def seed_payload(args: argparse.Namespace, root: Path, name: str) -> tuple[Path, Any]:
+    """Write the payload under ``root/seed``, sync it, make its .torrent (no tracker) and warm the page cache."""
+    import time
+
+    from pyowtorrent.storage.create import create_torrent
+
+    seed_dir = root / "seed"
+    seed_dir.mkdir()
+    log(f"writing {human(args.size)} in {args.files} file{'s' * (args.files > 1)} to {root}")
+    t0 = time.perf_counter()
+    payload, files = make_payload(seed_dir, f"{name}_payload", file_sizes(args.size, args.files))
+    os.sync()  # write-back now, not during the timed transfers
+    log(f"written and synced in {time.perf_counter() - t0:.1f} s; making the .torrent")
+    meta = create_torrent(payload, piece_length=args.piece_length, creation_date=None)
+    torrent = root / f"{name}.torrent"
+    torrent.write_bytes(meta.to_bytes())
+    if read_all(files) != args.size:  # warm the page cache for the seeders and servers
+        raise SystemExit("payload has the wrong size")
+    return seed_dir, meta

@@ -31,7 +31,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,12 +44,11 @@ from _common import (  # noqa: E402  (benchmarks/, beside this script)
     MiB,
     REPO,
     child_env,
-    file_sizes,
     human,
+    in_work_dir,
     log,
-    make_payload,
     parse_size,
-    read_all,
+    seed_payload,
 )
 
 SELF = str(Path(__file__).resolve())
@@ -665,38 +663,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--files and --repeat must be at least 1")
     if args.timeout is None:
         args.timeout = 60 + args.size / 2e6
-    root = Path(tempfile.mkdtemp(prefix="pyowtorrent-swarm-", dir=args.dir)).resolve()
-    rc = 2
-    try:
-        rc = run(args, root, cases)
-        return rc
-    finally:
-        if args.keep:
-            log(f"kept {root}")
-        elif args.profile or rc == 1:
-            shutil.rmtree(root / "seed", ignore_errors=True)
-            what = "profiles, " if args.profile else ""
-            log(f"kept the {what}peers' stderr logs and the .torrent in {root} (the payload is deleted)")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    return in_work_dir(args, "pyowtorrent-swarm-", "peers", lambda root: run(args, root, cases))
 
 
 def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
-    from pyowtorrent.storage.create import create_torrent
-
     size = args.size
-    seed_dir = root / "seed"
-    seed_dir.mkdir()
-    log(f"writing {human(size)} in {args.files} file{'s' * (args.files > 1)} to {root}")
-    t0 = time.perf_counter()
-    payload, files = make_payload(seed_dir, "swarm_payload", file_sizes(size, args.files))
-    os.sync()  # write-back now, not during the timed transfers
-    log(f"written and synced in {time.perf_counter() - t0:.1f} s; making the .torrent")
-    meta = create_torrent(payload, piece_length=args.piece_length, creation_date=None)
+    seed_dir, meta = seed_payload(args, root, "swarm")
     torrent = root / "swarm.torrent"
-    torrent.write_bytes(meta.to_bytes())
-    if read_all(files) != size:  # warm page cache for the seeders
-        raise SystemExit("payload has the wrong size")
 
     results: list[Result] = []
     for run_no in range(args.repeat):
@@ -723,7 +696,7 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
     rows = [best[c] for c in cases]
     checks = targets(best)
     setup = {
-        "payload": f"{human(size)} in {len(files)} file{'s' * (len(files) > 1)}",
+        "payload": f"{human(size)} in {args.files} file{'s' * (args.files > 1)}",
         "size": size,
         "piece_length": args.piece_length,
         "num_pieces": meta.num_pieces,

@@ -33,16 +33,13 @@ import compileall
 import json
 import os
 import platform
-import shutil
 import signal
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from _common import KiB, REPO, file_sizes, human, log, make_payload, parse_size, read_all  # noqa: E402
+from _common import KiB, REPO, human, in_work_dir, log, parse_size, seed_payload  # noqa: E402
 from bench_swarm import (  # noqa: E402  (benchmarks/, beside this script)
     Result,
     leecher_cmd,
@@ -213,43 +210,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--files and --repeat must be at least 1")
     if args.timeout is None:
         args.timeout = 60 + args.size / 2e6
-    root = Path(tempfile.mkdtemp(prefix="pyowtorrent-webseed-", dir=args.dir)).resolve()
-    rc = 2
-    try:
-        rc = run(args, root, cases)
-        return rc
-    finally:
-        if args.keep:
-            log(f"kept {root}")
-        elif args.profile or rc == 1:
-            shutil.rmtree(root / "seed", ignore_errors=True)
-            what = "profiles, " if args.profile else ""
-            log(f"kept the {what}processes' stderr logs and the .torrent in {root} (the payload is deleted)")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    return in_work_dir(args, "pyowtorrent-webseed-", "processes", lambda root: run(args, root, cases))
 
 
 def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
     import aiohttp
 
     from pyowtorrent.metainfo.webseed import run_pieces
-    from pyowtorrent.storage.create import create_torrent
 
     size = args.size
-    seed_dir = root / "seed"
-    seed_dir.mkdir()
-    log(f"writing {human(size)} in {args.files} file{'s' * (args.files > 1)} to {root}")
-    t0 = time.perf_counter()
-    payload, files = make_payload(seed_dir, "webseed_payload", file_sizes(size, args.files))
-    os.sync()  # write-back now, not during the timed transfers
-    log(f"written and synced in {time.perf_counter() - t0:.1f} s; making the .torrent")
-    # No tracker, no url-list: the BitTorrent cases get their seeder as --peer,
-    # the web-seed cases a copy with url-list naming their server.
-    meta = create_torrent(payload, piece_length=args.piece_length, creation_date=None)
+    seed_dir, meta = seed_payload(args, root, "webseed")
     torrent = root / "webseed.torrent"
-    torrent.write_bytes(meta.to_bytes())
-    if read_all(files) != size:  # warm page cache for the seeders and the server
-        raise SystemExit("payload has the wrong size")
     # Byte-compile the package, as installing it does (bench_hashing.py too):
     # with PYTHONDONTWRITEBYTECODE set, every pyowtorrent leecher would compile
     # our modules from source at start-up (~0.1 s in its wall time), which no
@@ -284,7 +255,7 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
     w, lw = best.get("w"), best.get("lw")
     w_vs_lw = w.mb_s / lw.mb_s if w is not None and lw is not None and w.ok and lw.ok else None
     setup = {
-        "payload": f"{human(size)} in {len(files)} file{'s' * (len(files) > 1)}",
+        "payload": f"{human(size)} in {args.files} file{'s' * (args.files > 1)}",
         "size": size,
         "piece_length": args.piece_length,
         "num_pieces": meta.num_pieces,
