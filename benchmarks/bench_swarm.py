@@ -666,24 +666,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return in_work_dir(args, "pyowtorrent-swarm-", "peers", lambda root: run(args, root, cases))
 
 
-def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
-    size = args.size
-    seed_dir, meta = seed_payload(args, root, "swarm")
-    torrent = root / "swarm.torrent"
-
+def repeat_cases(
+    args: argparse.Namespace, cases: list[str], one: Callable[[str, int], Result]
+) -> tuple[list[Result], dict[str, Result]]:
+    """Run every case ``--repeat`` times, interleaved; the best run of each, with throughput ratios to case a."""
     results: list[Result] = []
     for run_no in range(args.repeat):
         for case in cases:
-            seed_impl, leech_impl = CASES[case]
-            log(f"case {case} run {run_no + 1}/{args.repeat}: {seed_impl} seeder → {leech_impl} leecher")
-            r = run_case(case, run_no, args, torrent, seed_dir, root, size)
+            r = one(case, run_no)
             if r.ok:
-                log(f"  {r.seconds:.2f} s, {r.mb_s:.1f} MB/s (seeder ready after {r.seeder_ready:.1f} s)")
+                log(f"  {r.seconds:.2f} s, {r.mb_s:.1f} MB/s (source ready after {r.seeder_ready:.1f} s)")
             else:
                 log(f"  FAILED: {r.error}")
             results.append(r)
             os.sync()  # the leecher's dirty pages, before the next case
-
     best: dict[str, Result] = {}
     for r in results:
         cur = best.get(r.case)
@@ -693,6 +689,20 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
     for r in results:
         if base is not None and base.ok and r.ok:
             r.ratio = r.mb_s / base.mb_s
+    return results, best
+
+
+def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
+    size = args.size
+    seed_dir, meta = seed_payload(args, root, "swarm")
+    torrent = root / "swarm.torrent"
+
+    def one(case: str, run_no: int) -> Result:
+        seed_impl, leech_impl = CASES[case]
+        log(f"case {case} run {run_no + 1}/{args.repeat}: {seed_impl} seeder → {leech_impl} leecher")
+        return run_case(case, run_no, args, torrent, seed_dir, root, size)
+
+    results, best = repeat_cases(args, cases, one)
     rows = [best[c] for c in cases]
     checks = targets(best)
     setup = {

@@ -45,6 +45,7 @@ from bench_swarm import (  # noqa: E402  (benchmarks/, beside this script)
     leecher_cmd,
     profile_paths,
     profile_summary,
+    repeat_cases,
     run_pair,
     seeder_cmd,
     table,
@@ -227,28 +228,12 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
     # install pays and libtorrent's leechers do not.
     compileall.compile_dir(REPO / "pyowtorrent", quiet=1)
 
-    results: list[Result] = []
-    for run_no in range(args.repeat):
-        for case in cases:
-            source, leech_impl = CASES[case]
-            log(f"case {case} run {run_no + 1}/{args.repeat}: {source} → {leech_impl} leecher")
-            r = run_case(case, run_no, args, torrent, seed_dir, root, size)
-            if r.ok:
-                log(f"  {r.seconds:.2f} s, {r.mb_s:.1f} MB/s (source ready after {r.seeder_ready:.1f} s)")
-            else:
-                log(f"  FAILED: {r.error}")
-            results.append(r)
-            os.sync()  # the leecher's dirty pages, before the next case
+    def one(case: str, run_no: int) -> Result:
+        source, leech_impl = CASES[case]
+        log(f"case {case} run {run_no + 1}/{args.repeat}: {source} → {leech_impl} leecher")
+        return run_case(case, run_no, args, torrent, seed_dir, root, size)
 
-    best: dict[str, Result] = {}
-    for r in results:
-        cur = best.get(r.case)
-        if cur is None or (r.ok and (not cur.ok or r.seconds < cur.seconds)):
-            best[r.case] = r
-    base = best.get("a")
-    for r in results:
-        if base is not None and base.ok and r.ok:
-            r.ratio = r.mb_s / base.mb_s
+    results, best = repeat_cases(args, cases, one)
     rows = [best[c] for c in cases]
     # Our web-seed leecher against libtorrent's from the same server: whether
     # a gap is the server's (both slow) or our downloader's.
