@@ -1054,6 +1054,25 @@ def test_arbitrary_bytes_after_the_handshake_raise_only_protocol_errors_the_same
     assert feed_in_chunks(fresh(), stream, cuts) == whole
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(noise(), max_size=12), st.lists(st.integers(0, 40_000), max_size=8))
+def test_a_connection_without_metadata_takes_arbitrary_bytes_the_same_way_and_raises_only_protocol_errors(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    def fresh() -> PeerConnection:
+        conn = PeerConnection.without_metadata(INFO_HASH, LOCAL_ID, pex=True)
+        conn.handshake_bytes()
+        conn.receive_data(remote_handshake())
+        conn.send(HaveNone())
+        conn.send(ExtensionHandshake(m={"ut_metadata": 1, "ut_pex": 2}))
+        return conn
+
+    stream = b"".join(parts)
+    whole = feed_in_chunks(fresh(), stream, [])
+    assert feed_in_chunks(fresh(), stream, cuts) == whole
+    assert not any(isinstance(e, Piece) for e in whole[0])  # it asked for nothing: no block is ever taken
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200), st.lists(st.integers(0, 268), max_size=6))
 def test_arbitrary_bytes_before_the_handshake_raise_only_protocol_errors(junk: bytes, cuts: list[int]) -> None:

@@ -12,11 +12,12 @@ handshakes negotiated.
 from __future__ import annotations
 
 from ..metainfo.layout import BLOCK_SIZE
+from ..metainfo.torrent_file import MAX_PIECES
 from .bitfield import bitfield_length
 from .errors import RemoteProtocolError, Violation
 from .messages import FAST_IDS, FIXED_LENGTH, MessageId
 
-__all__ = ["BlockKey", "Bounds", "HeaderRules"]
+__all__ = ["BlockKey", "Bounds", "HeaderRules", "UnknownShape", "make_bounds"]
 
 BlockKey = tuple[int, int, int]  # index, begin, length
 
@@ -32,6 +33,9 @@ class Bounds:
     """
 
     __slots__ = ("num_pieces", "piece_length", "max_block", "bitfield_length", "_last_piece_length")
+
+    # A bitfield must be exactly bitfield_length bytes (UnknownShape: at most).
+    exact_bitfield = True
 
     def __init__(self, num_pieces: int, piece_length: int, total_length: int, max_block: int) -> None:
         self.num_pieces = num_pieces
@@ -84,6 +88,59 @@ class Bounds:
         return index, begin, length
 
 
+class UnknownShape(Bounds):
+    """The bounds of a connection made before the torrent's metadata is known (a magnet link, BEP 9).
+
+    Every piece index a torrent may have is in range and a bitfield may be
+    as long as the largest torrent's (what a peer has is news the driver
+    may ignore), but no block is: a request from the peer is invalid (we
+    have nothing to give), a block from it unrequested (we asked for none),
+    and we can ask for none.
+    """
+
+    __slots__ = ()
+    exact_bitfield = False
+
+    def __init__(self, max_block: int) -> None:
+        super().__init__(MAX_PIECES, 1, MAX_PIECES, max_block)
+
+    def piece_size(self, index: int) -> int:
+        return 0
+
+    def check_bitfield(self, bits: bytes) -> None:
+        if len(bits) > self.bitfield_length:
+            raise RemoteProtocolError(
+                Violation.BITFIELD_WRONG_LENGTH, f"{len(bits)} bytes, more than any torrent's {self.bitfield_length}"
+            )
+
+    def mask_spare_bits(self, bits: bytes) -> bytes:
+        return bits  # which bits are spare is not known
+
+    def on_block_grid(self, index: int, begin: int, length: int) -> bool:
+        return False
+
+    def check_block(self, index: int, begin: int, length: int) -> BlockKey:
+        raise RemoteProtocolError(
+            Violation.BLOCK_OUT_OF_RANGE, f"piece {index} offset {begin}: the torrent's metadata is not known yet"
+        )
+
+
+def make_bounds(num_pieces: int | None, piece_length: int | None, total_length: int | None, max_block: int) -> Bounds:
+    """The bounds of a torrent of this shape; all three ``None``: :class:`UnknownShape`.  ``ValueError`` if it is no shape."""
+    if num_pieces is None and piece_length is None and total_length is None:
+        return UnknownShape(max_block)
+    if (
+        num_pieces is None
+        or piece_length is None
+        or total_length is None
+        or piece_length <= 0
+        or total_length < 0
+        or num_pieces != -(-total_length // piece_length)
+    ):
+        raise ValueError(f"{num_pieces} pieces do not cover {total_length} bytes in pieces of {piece_length}")
+    return Bounds(num_pieces, piece_length, total_length, max_block)
+
+
 class HeaderRules:
     """Which message headers the remote may send, fixed once both handshakes are known.
 
@@ -91,7 +148,15 @@ class HeaderRules:
     a bad one is refused without buffering up to the length it announces.
     """
 
-    __slots__ = ("max_length", "_fixed_lengths", "_extended", "_max_block", "_num_pieces", "_bitfield_length")
+    __slots__ = (
+        "max_length",
+        "_fixed_lengths",
+        "_extended",
+        "_max_block",
+        "_num_pieces",
+        "_bitfield_length",
+        "_exact_bitfield",
+    )
 
     def __init__(self, bounds: Bounds, *, fast: bool, extension_protocol: bool, max_extension_message: int) -> None:
         # The longest message legal at all: a piece with the largest block,
@@ -108,6 +173,7 @@ class HeaderRules:
         self._max_block = bounds.max_block
         self._num_pieces = bounds.num_pieces
         self._bitfield_length = bounds.bitfield_length
+        self._exact_bitfield = bounds.exact_bitfield
 
     def check(self, msg_id: int, length: int) -> None:
         """Refuse message ``msg_id`` of ``length`` bytes (id included)."""
@@ -129,7 +195,7 @@ class HeaderRules:
             # sends a whole new bitfield mid-connection instead of many haves, and a have
             # all once it completes, and libtorrent takes them as updates: so do we.
             # Only their sizes are ours to insist on.
-            if length != 1 + self._bitfield_length:
+            if length != 1 + self._bitfield_length and (self._exact_bitfield or length > 1 + self._bitfield_length):
                 raise RemoteProtocolError(
                     Violation.BITFIELD_WRONG_LENGTH,
                     f"{length - 1} bytes for {self._num_pieces} pieces, not {self._bitfield_length}",

@@ -39,7 +39,7 @@ from typing import get_args
 from ..metainfo.layout import BLOCK_SIZE
 from ._buffer import ByteQueue
 from ._extensions import ExtensionIds
-from ._limits import BlockKey, Bounds, HeaderRules
+from ._limits import BlockKey, HeaderRules, make_bounds
 from ._requests import RequestLedger
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
 from .events import (
@@ -136,16 +136,17 @@ class PeerConnection:
     to a remote that advertised it.  Without it (a private torrent, BEP 27)
     neither happens.  ``metadata`` does the same for BEP 9's ``ut_metadata``
     (:data:`~pyowtorrent.wire.events.MetadataMessage`); an unknown
-    ``msg_type`` is ignored, as BEP 9 asks (no event).
+    ``msg_type`` is ignored, as BEP 9 asks (no event).  Before the metadata
+    is known (a magnet link) the shape is ``None``: :meth:`without_metadata`.
     """
 
     def __init__(
         self,
         info_hash: bytes,
         peer_id: bytes,
-        num_pieces: int,
-        piece_length: int,
-        total_length: int,
+        num_pieces: int | None,
+        piece_length: int | None,
+        total_length: int | None,
         *,
         fast: bool = True,
         extension_protocol: bool = True,
@@ -157,12 +158,9 @@ class PeerConnection:
     ) -> None:
         if len(info_hash) != 20 or len(peer_id) != 20:
             raise ValueError("the info-hash and the peer id are 20 bytes each")
-        if piece_length <= 0 or total_length < 0 or num_pieces != -(-total_length // piece_length):
-            raise ValueError(
-                f"{num_pieces} pieces do not cover {total_length} bytes in pieces of {piece_length}"
-            )
         if not 0 < max_block < 1 << 32 or max_extension_message < 2:
             raise ValueError("max_block and max_extension_message must be positive 32-bit sizes")
+        self._bounds = make_bounds(num_pieces, piece_length, total_length, max_block)
         self.info_hash = bytes(info_hash)
         self.local = Handshake(bytes(info_hash), bytes(peer_id), fast, extension_protocol, dht)
         self.remote: Handshake | None = None
@@ -173,7 +171,6 @@ class PeerConnection:
         self.max_extension_message = max_extension_message
         self.pex = pex
         self.metadata = metadata
-        self._bounds = Bounds(num_pieces, piece_length, total_length, max_block)
         # BEP 3: connections start out choked and not interested.
         self.am_choking = True
         self.am_interested = False
@@ -194,6 +191,11 @@ class PeerConnection:
         # Messages received and ignored (no event): the driver may charge them to the peer, as it
         # does messages that carry nothing, so that a flood of them is not free.
         self.ignored_messages = 0
+
+    @classmethod
+    def without_metadata(cls, info_hash: bytes, peer_id: bytes, *, pex: bool = False, fast: bool = True) -> PeerConnection:
+        """A connection that fetches the metadata (BEP 9) of a torrent whose shape is not known yet."""
+        return cls(info_hash, peer_id, None, None, None, fast=fast, pex=pex, metadata=True)
 
     # -- what was negotiated ------------------------------------------------
 
@@ -495,8 +497,8 @@ def _hint(kind: Callable[[int], Message]) -> _Reader:
 
     def read(conn: PeerConnection, body: bytes) -> Message | None:
         (index,) = _INDEX_BODY.unpack(body)
-        if not 0 <= index < conn.num_pieces:
-            log.debug("ignored %s of piece %d of %d", kind.__name__, index, conn.num_pieces)
+        if not 0 <= index < conn._bounds.num_pieces:
+            log.debug("ignored %s of piece %d of %d", kind.__name__, index, conn._bounds.num_pieces)
             conn.ignored_messages += 1
             return None
         return kind(index)
