@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterable, ParamSpec, Sequence, TypeVar, Union
 
 from .engine.events import StateChanged, TorrentEvent, TorrentState, TorrentStatus
-from .engine.session import Session, resume_file
+from .engine.session import Session, load_fetched_torrent, resume_file
 from .engine.torrent import Torrent
 from .errors import DownloadTimeout, MetainfoError, NoPeersError, PyowtorrentError, SourceError
+from .metainfo.magnet import Magnet, parse_magnet
 from .metainfo.torrent_file import Metainfo, load_metainfo, parse_metainfo
 from .sources import TorrentSource, open_source
 from .sources.http import fetch_url
@@ -73,9 +74,10 @@ async def resolve_torrent(source: Source, *, torrent_source: TorrentSource | str
     if isinstance(source, (bytes, bytearray, memoryview)):
         return parse_metainfo(bytes(source))
     text = os.fspath(source)
-    if text.startswith("magnet:"):
+    if _is_magnet(source):
         raise MetainfoError(
-            "magnet links are not supported yet (they need metadata exchange, BEP 9): use the .torrent file"
+            "this takes a .torrent, and a magnet link's metadata comes from peers:"
+            " pyowtorrent.download(), `pyowtorrent download` and Session.add_magnet() fetch it"
         )
     if torrent_source is not None and not isinstance(source, os.PathLike):
         data = await open_source(torrent_source).fetch(text)
@@ -83,6 +85,10 @@ async def resolve_torrent(source: Source, *, torrent_source: TorrentSource | str
     if re.match(r"(?i)https?://", text):
         return _parse_fetched(await fetch_url(text), text)
     return await asyncio.to_thread(load_metainfo, text)
+
+
+def _is_magnet(source: Source) -> bool:
+    return isinstance(source, str) and source[:7].lower() == "magnet:"
 
 
 def _parse_fetched(data: bytes, what: str) -> Metainfo:
@@ -160,30 +166,51 @@ async def adownload(
     written, a :class:`~pyowtorrent.errors.SourceError` or
     :class:`~pyowtorrent.errors.MetainfoError` when the torrent cannot be had.
     ``progress`` is called with each :class:`TorrentStatus`.
+
+    A ``magnet:`` link's metadata is fetched from peers first (within the
+    same ``timeout``) and kept beside the resume data, so that a second call
+    for the same link touches no network either.
     """
-    meta = await resolve_torrent(source, torrent_source=torrent_source)
     peer_list = _peers(peers)
     dest_path = Path(dest).expanduser()
-    if await asyncio.to_thread(is_complete, meta, dest_path, resume_dir):
+    magnet: Magnet | None = None
+    meta: Metainfo | None
+    if _is_magnet(source):
+        magnet = parse_magnet(str(source))
+        keep = Path(resume_dir) if resume_dir is not None else None
+        meta = None if magnet.info_hash is None else await asyncio.to_thread(load_fetched_torrent, magnet.info_hash, dest_path, keep)
+    else:
+        meta = await resolve_torrent(source, torrent_source=torrent_source)
+    if meta is not None and await asyncio.to_thread(is_complete, meta, dest_path, resume_dir):
         log.info("%s: already verified in %s", meta.name, dest_path)
         if seed_after:
             await _background().adopt(meta, dest_path, peer_list, trackers)
         return content_path(meta, dest_path)
-    has_trackers = bool(trackers) if trackers is not None else bool(meta.trackers)
-    if not has_trackers and not peer_list and not meta.web_seeds:
-        raise NoPeersError(
-            f"{meta.name}: the torrent names no tracker and no web seed, and no peers were given: nobody to download from"
-        )
+    if meta is not None and magnet is None:
+        has_trackers = bool(trackers) if trackers is not None else bool(meta.trackers)
+        if not has_trackers and not peer_list and not meta.web_seeds:
+            raise NoPeersError(
+                f"{meta.name}: the torrent names no tracker and no web seed, and no peers were given: nobody to download from"
+            )
     options = dict(listen=listen, port=port, upload_rate_limit=upload_rate_limit, resume_dir=resume_dir)
     async with Session(**options) as session:  # type: ignore[arg-type]
-        torrent = await session.add_torrent(meta, dest_path, peers=peer_list, trackers=trackers)
-        await _wait_verified(torrent, timeout, progress)
+        started = session.clock.now()
+        if magnet is not None:
+            torrent = await session.add_magnet(magnet, dest_path, peers=peer_list, timeout=timeout, trackers=trackers)
+        else:
+            assert meta is not None
+            torrent = await session.add_torrent(meta, dest_path, peers=peer_list, trackers=trackers)
+        left = None if timeout is None else max(0.0, timeout - (session.clock.now() - started))
+        await _wait_verified(torrent, left, progress, timeout)
+    meta = torrent.meta
     if seed_after:
         await _background().adopt(meta, dest_path, peer_list, trackers)
     return content_path(meta, dest_path)
 
 
-async def _wait_verified(torrent: Torrent, timeout: float | None, progress: Progress | None) -> None:
+async def _wait_verified(
+    torrent: Torrent, timeout: float | None, progress: Progress | None, overall: float | None = None
+) -> None:
     """Wait until done, reporting progress; a timeout says how far it got and whether anyone answered."""
     changed = asyncio.Event()
 
@@ -211,7 +238,8 @@ async def _wait_verified(torrent: Torrent, timeout: float | None, progress: Prog
         try:
             done.result()
         except TimeoutError:
-            raise _timeout_error(torrent.meta, torrent.status(), timeout, ever_peers or torrent.swarm.downloaded_bytes) from None
+            said = overall if overall is not None else timeout
+            raise _timeout_error(torrent.meta, torrent.status(), said, ever_peers or torrent.swarm.downloaded_bytes) from None
     finally:
         unsubscribe()
         done.cancel()

@@ -26,14 +26,15 @@ from ..engine.events import (
     TorrentState,
     TorrentStatus,
 )
-from ..errors import PyowtorrentError
+from ..errors import DownloadTimeout, PyowtorrentError
+from ..metainfo.magnet import parse_magnet
 from ..metainfo.torrent_file import load_metainfo
 
 
 def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("download", parents=[common], help="download a torrent into a directory")
     p.set_defaults(handler=run_download)
-    p.add_argument("torrent", help="a .torrent file, its http(s) URL, or a name the --source resolves")
+    p.add_argument("torrent", help="a .torrent file, its http(s) URL, a magnet link, or a name the --source resolves")
     p.add_argument("-o", "--output", metavar="DIR", help="the directory that will hold the payload (default: the config's download_dir, else here)")
     p.add_argument("--source", metavar="SOURCE", help="find TORRENT in this torrent source: a directory, an http(s) base URL, or gdrive:FOLDER_ID (default: the config's)")
     _common(p)
@@ -148,10 +149,10 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
         from_source = None
         if source is not None and (args.source is not None or not os.path.exists(args.torrent)):
             from_source = open_source(source, cfg)
-        meta = await resolve_torrent(args.torrent, torrent_source=from_source)
+        magnet = parse_magnet(args.torrent) if args.torrent[:7].lower() == "magnet:" else None
+        meta = None if magnet is not None else await resolve_torrent(args.torrent, torrent_source=from_source)
         stop, outcome = _stop_on_signals()
         output = args.output or cfg.download_dir
-        report = _Reporter(args.json, meta.total_length)
         async with Session(
             listen=list(cfg.listen),
             port=cfg.port,
@@ -160,9 +161,30 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
             encryption=args.encryption,
             announce_ip=args.announce_ip,
         ) as session:
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
+            if meta is None:
+                assert magnet is not None
+                fetch = asyncio.ensure_future(session.add_magnet(magnet, output, peers=args.peer, timeout=args.timeout))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if not fetch.done():
+                    fetch.cancel()
+                    await asyncio.wait({fetch})
+                    return outcome.get("signal", 0)
+                try:
+                    torrent = fetch.result()
+                except DownloadTimeout as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                meta = torrent.meta
+            report = _Reporter(args.json, meta.total_length)
             for host, port in session.listen_addresses:
                 report.line({"event": "listening", "host": host, "port": port}, f"listening on {_fmt(host, port)}")
-            torrent = await session.add_torrent(meta, output, peers=args.peer)
+            if magnet is not None:
+                report.line({"event": "metadata", "name": meta.name}, f"metadata received: {meta.name}")
+            else:
+                torrent = await session.add_torrent(meta, output, peers=args.peer)
             # A state change (done, error) wakes the loop at once, not at its next status tick.
             changed = asyncio.Event()
 
@@ -172,7 +194,6 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
                     changed.set()
 
             torrent.add_listener(on_event)
-            deadline = None if args.timeout is None else time.monotonic() + args.timeout
             done_reported = False
             while not stop.is_set():
                 changed.clear()

@@ -18,6 +18,7 @@ runs under one deadline.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Literal, get_args
 
@@ -31,6 +32,7 @@ from .net import Address, Network
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "DialOrder",
     "ENCRYPTION_POLICIES",
     "Encryption",
     "HANDSHAKE_TIMEOUT",
@@ -78,6 +80,41 @@ class PeerLink:
     outgoing: bool
     # None: a plaintext handshake; else what the encrypted one chose for the stream.
     encryption: CryptoMethod | None = None
+
+
+class DialOrder:
+    """Which handshakes a dial tries, in turn, as the encryption policy says.
+
+    ``None`` is a plaintext handshake, else the stream methods offered.  With
+    "enabled", plaintext first (it costs less), except for peers that took
+    only an encrypted one before: remembered, as libtorrent does, up to
+    ``capacity`` of them, the oldest forgotten first.
+    """
+
+    def __init__(self, policy: Encryption, capacity: int) -> None:
+        self.policy = policy
+        self.capacity = capacity
+        self._encrypted_first: OrderedDict[Address, None] = OrderedDict()
+
+    def handshakes(self, address: Address) -> list[CryptoMethod | None]:
+        if self.policy == "disabled":
+            return [None]
+        if self.policy == "required":
+            return [CryptoMethod.RC4]
+        either = CryptoMethod.PLAINTEXT | CryptoMethod.RC4  # the peer chooses
+        return [either, None] if address in self._encrypted_first else [None, either]
+
+    def remember(self, address: Address, encrypted: bool) -> None:
+        """What the handshake with ``address`` that worked was."""
+        if self.policy != "enabled":
+            return
+        if not encrypted:
+            self._encrypted_first.pop(address, None)
+            return
+        self._encrypted_first[address] = None
+        self._encrypted_first.move_to_end(address)
+        if len(self._encrypted_first) > self.capacity:
+            self._encrypted_first.popitem(last=False)
 
 
 async def open_stream(

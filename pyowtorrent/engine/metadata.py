@@ -18,7 +18,7 @@ connection (an id we never advertised).
 Data and rejects are what a fetching peer receives; every torrent here has
 its metadata, so one that arrives was never asked for and is ignored, as
 libtorrent does, and counted among the messages that carry nothing.
-Fetching (a magnet link) is not done yet.
+Fetching it (a magnet link) is :mod:`~pyowtorrent.engine.magnet`'s.
 """
 
 from __future__ import annotations

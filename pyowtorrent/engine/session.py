@@ -21,22 +21,25 @@ import logging
 import os
 import random
 import secrets
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from .._version import __version__
-from ..errors import PyowtorrentError
-from ..metainfo.torrent_file import Metainfo, load_metainfo
+from ..errors import MagnetError, MetainfoError, PyowtorrentError
+from ..metainfo.magnet import Magnet, parse_magnet
+from ..metainfo.torrent_file import Metainfo, load_metainfo, metainfo_from_info
 from ..storage.base import PieceStore
 from ..storage.files import Storage
+from ..storage.resume import write_atomically
 from ..tracker.peers import holder_of_text
 from ..wire.connection import PeerConnection
 from ..wire.mse import CryptoMethod, rc4_available, skey_hash
 from .clock import Clock, LoopClock
+from .magnet import MetadataFetch
 from .handshake import (
     CONNECTION_FAILURES,
     ENCRYPTION_POLICIES,
+    DialOrder,
     Encryption,
     HungUp,
     PeerLink,
@@ -79,6 +82,21 @@ def resume_file(meta: Metainfo, save_path: Path, resume_dir: Path | None = None)
     """Where a torrent's resume data is kept: ``resume_dir``, or ``.pyowtorrent`` in its save directory."""
     directory = resume_dir if resume_dir is not None else save_path / ".pyowtorrent"
     return directory / f"{meta.info_hash.hex()}.resume.json"
+
+
+def fetched_torrent_file(info_hash: bytes, save_path: Path, resume_dir: Path | None = None) -> Path:
+    """Where the ``.torrent`` of a magnet link is kept once its metadata is fetched: beside its resume data."""
+    directory = resume_dir if resume_dir is not None else save_path / ".pyowtorrent"
+    return directory / f"{info_hash.hex()}.torrent"
+
+
+def load_fetched_torrent(info_hash: bytes, save_path: Path, resume_dir: Path | None = None) -> Metainfo | None:
+    """The ``.torrent`` an earlier fetch of this magnet link kept, or ``None`` (none, unreadable, or not this one)."""
+    try:
+        meta = load_metainfo(fetched_torrent_file(info_hash, save_path, resume_dir))
+    except MetainfoError:
+        return None
+    return meta if meta.info_hash == info_hash else None
 
 
 class Session:
@@ -134,7 +152,7 @@ class Session:
         self.encryption = _encryption_policy(encryption)
         # Key pairs and pads: the system's randomness, or the seed's for a reproducible (simulated) run.
         self._mse_random = random.Random(f"{seed}/mse").randbytes if seed is not None else secrets.token_bytes
-        self._encrypted_first: OrderedDict[Address, None] = OrderedDict()
+        self._dial_order = DialOrder(self.encryption, MAX_REMEMBERED_ENCRYPTED)
         self.resume_dir = Path(resume_dir) if resume_dir is not None else None
         self.settings = TorrentSettings(
             peer_id=self.peer_id,
@@ -165,6 +183,7 @@ class Session:
         # or the loop would cancel them on its way out and asyncio would print a traceback.
         self._accepting: set[asyncio.Task[None]] = set()
         self.torrents: dict[bytes, Torrent] = {}
+        self._fetches: dict[bytes, MetadataFetch] = {}  # magnet links whose metadata is on its way
         self._listeners: list[Listener] = []
         self.listen_port = 0
 
@@ -236,6 +255,52 @@ class Session:
         await t.start()
         return t
 
+    async def add_magnet(
+        self,
+        magnet: Magnet | str,
+        save_path: str | os.PathLike[str] = ".",
+        *,
+        peers: Sequence[tuple[str, int]] = (),
+        timeout: float | None = None,
+        file_priorities: Sequence[int] | None = None,
+        sequential: bool = False,
+        trackers: Sequence[Sequence[str]] | None = None,
+    ) -> Torrent:
+        """Add a torrent by its magnet link: fetch its metadata from peers (BEP 9), then start it.
+
+        Peers: the magnet's trackers (or ``trackers``), its ``x.pe``, ``peers``, PEX.  The
+        ``.torrent`` is kept (:func:`fetched_torrent_file`): the same link again fetches nothing.
+        ``so=`` selects files unless ``file_priorities`` is given.  Errors: as
+        :meth:`MetadataFetch.run <pyowtorrent.engine.magnet.MetadataFetch.run>`, and
+        :class:`~pyowtorrent.errors.MetainfoError` for metadata that is no torrent we can use.
+        """
+        m = parse_magnet(magnet) if isinstance(magnet, str) else magnet
+        if m.info_hash is None:
+            raise MagnetError("the magnet link has only a v2 info-hash (urn:btmh), and pyowtorrent speaks v1 torrents")
+        info_hash = m.info_hash
+        if info_hash in self.torrents or info_hash in self._fetches:
+            raise PyowtorrentError(f"{m.display_name or info_hash.hex()}: this torrent is already in the session")
+        save = Path(save_path)
+        known = [*peers, *m.peers]
+        meta = await self.disk.run(load_fetched_torrent, info_hash, save, self.resume_dir)
+        if meta is None:
+            tiers = trackers if trackers is not None else [[t] for t in m.trackers]
+            fetch = self._fetches[info_hash] = MetadataFetch(info_hash, m.display_name, self._services(), tiers, known)
+            try:
+                await fetch.run(timeout)
+            finally:
+                del self._fetches[info_hash]
+            meta = metainfo_from_info(fetch.metadata, trackers=m.trackers, web_seeds=m.web_seeds)
+            await self.disk.run(write_atomically, fetched_torrent_file(info_hash, save, self.resume_dir), meta.to_bytes())
+            # The peers that served it first; none that lied about it.
+            known = [a for a in [*fetch.addresses(), *known] if a not in fetch.dropped]
+        if file_priorities is None and m.select_only is not None:
+            file_priorities = [1 if i in m.select_only else 0 for i in range(len(meta.files))]
+        peers = list(dict.fromkeys(known))
+        return await self.add_torrent(
+            meta, save, peers=peers, file_priorities=file_priorities, sequential=sequential, trackers=trackers
+        )
+
     def _services(self) -> TorrentServices:
         return TorrentServices(
             settings=self.settings,
@@ -269,7 +334,8 @@ class Session:
 
     def can_connect(self) -> bool:
         # Web seeds hold connections too (an HTTP one each, while they fetch).
-        return sum(len(t.peers) + t.swarm.web_seeds.num_connected() for t in self.torrents.values()) < self.max_connections
+        held = sum(len(t.peers) + t.swarm.web_seeds.num_connected() for t in self.torrents.values())
+        return held + sum(len(f.sources) for f in self._fetches.values()) < self.max_connections
 
     # -- Dialer: outgoing connections -------------------------------------------------
 
@@ -281,7 +347,7 @@ class Session:
             return None
         handshake = conn.handshake_bytes()
         link: PeerLink | None = None
-        for encrypt in self._dial_order(address):
+        for encrypt in self._dial_order.handshakes(address):
             try:
                 link = await dial_handshake(
                     self.network, self.clock, address, handshake, conn.info_hash, encrypt, self._mse_random
@@ -296,7 +362,7 @@ class Session:
         if link is None:
             log.info("connecting to %s failed: it hung up on every kind of handshake", address)
             return None
-        self._remember_encryption(address, link)
+        self._dial_order.remember(address, link.encryption is not None)
         hs = link.handshake
         if hs.info_hash != conn.info_hash:
             log.debug("%s answered for another torrent", address)
@@ -307,26 +373,6 @@ class Session:
             return link
         link.writer.close()
         return None
-
-    def _dial_order(self, address: Address) -> list[CryptoMethod | None]:
-        """The handshakes to try, in turn: ``None`` plaintext, else the stream methods offered."""
-        if self.encryption == "disabled":
-            return [None]
-        if self.encryption == "required":
-            return [CryptoMethod.RC4]
-        either = CryptoMethod.PLAINTEXT | CryptoMethod.RC4  # the peer chooses: plaintext costs less
-        return [either, None] if address in self._encrypted_first else [None, either]
-
-    def _remember_encryption(self, address: Address, link: PeerLink) -> None:
-        if self.encryption != "enabled":
-            return
-        if link.encryption is None:
-            self._encrypted_first.pop(address, None)
-            return
-        self._encrypted_first[address] = None
-        self._encrypted_first.move_to_end(address)
-        if len(self._encrypted_first) > MAX_REMEMBERED_ENCRYPTED:
-            self._encrypted_first.popitem(last=False)
 
     # -- incoming connections -----------------------------------------------------------
 
@@ -366,6 +412,10 @@ class Session:
         finally:
             self._handshaking.pop(writer, None)
             self._accepting.discard(task)
+        fetch = self._fetches.get(link.handshake.info_hash)
+        if fetch is not None and self.can_connect():
+            fetch.accept(link)
+            return
         torrent = self.torrents.get(link.handshake.info_hash)
         if torrent is None or not self.can_connect():
             why = "no such torrent " + link.handshake.info_hash.hex() if torrent is None else "connection budget full"
@@ -376,7 +426,7 @@ class Session:
 
     def _find_skey(self, req2_hash: bytes) -> bytes | None:
         """The torrent an encrypted handshake names by HASH('req2', info-hash)."""
-        return next((ih for ih in self.torrents if skey_hash(ih) == req2_hash), None)
+        return next((ih for ih in [*self.torrents, *self._fetches] if skey_hash(ih) == req2_hash), None)
 
     async def close(self) -> None:
         """Stop every torrent (saving resume data), close the sockets, wait for the peers to go."""
@@ -386,6 +436,8 @@ class Session:
             writer.close()  # a pending handshake read ends at once
         if self._accepting:
             await asyncio.wait(list(self._accepting))
+        for fetch in list(self._fetches.values()):
+            fetch.stop("the session closed")
         await asyncio.gather(*(t.stop() for t in list(self.torrents.values())))
         if self._http is not None:
             await self._http.close()

@@ -18,7 +18,15 @@ from .layout import BLOCK_SIZE, FileEntry, Layout
 from .paths import decode_text, resolve_duplicates, sanitize_element, sanitize_name
 from .urls import ANNOUNCE_SCHEMES, is_tracker_url, web_seed_url
 
-__all__ = ["Metainfo", "is_tracker_url", "load_metainfo", "parse_metainfo", "MAX_TORRENT_SIZE", "MAX_PIECES"]
+__all__ = [
+    "Metainfo",
+    "is_tracker_url",
+    "load_metainfo",
+    "metainfo_from_info",
+    "parse_metainfo",
+    "MAX_TORRENT_SIZE",
+    "MAX_PIECES",
+]
 
 # A .torrent larger than this is not one we will read (libtorrent: 10 MB by
 # default; ours leaves room for 1.5 million pieces).
@@ -260,6 +268,24 @@ def parse_metainfo(data: bytes) -> Metainfo:
         info_hash_v2=info_hash_v2,
         raw_top={k: v for k, v in top.items() if k != b"info"},
     )
+
+
+def metainfo_from_info(
+    info_bytes: bytes, *, trackers: tuple[str, ...] | list[str] = (), web_seeds: tuple[str, ...] | list[str] = ()
+) -> Metainfo:
+    """The torrent of an info dictionary fetched from peers (a magnet link), with the magnet's trackers and web seeds.
+
+    The info dictionary is kept byte for byte (its SHA-1 is the info-hash);
+    each tracker gets a tier of its own, as libtorrent gives a magnet's.
+    :class:`MetainfoError` if it is not a torrent we can use.
+    """
+    top: dict[bytes, Any] = {b"info": Bencached(bytes(info_bytes))}
+    if trackers:
+        top[b"announce"] = trackers[0].encode()
+        top[b"announce-list"] = [[t.encode()] for t in trackers]
+    if web_seeds:
+        top[b"url-list"] = [w.encode() for w in web_seeds]
+    return parse_metainfo(encode(top))
 
 
 def _string_key(d: dict[bytes, Any], key: bytes) -> bytes | None:
