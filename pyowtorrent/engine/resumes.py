@@ -34,6 +34,7 @@ class ResumeKeeper:
         self.disk = disk
         self.have = have
         self.dirty = False  # the pieces changed since the last save
+        self._asked = False  # a save was asked for and not yet begun
         self._writing = False
         self._writes = Supervisor(f"{meta.name} resume data")
 
@@ -48,8 +49,11 @@ class ResumeKeeper:
         return resume.trusted_pieces(self.meta, self.storage.file_stamps()) if resume is not None else set()
 
     def save(self) -> None:
-        if self.path is None or not self.dirty or self._writing:
+        if self.path is None or not self.dirty:
             return
+        self._asked = True
+        if self._writing:
+            return  # the writer saves again when it is done
         self._writing = True
         self._writes.spawn(self._write(self.path), f"{self.meta.name} resume")
 
@@ -59,7 +63,10 @@ class ResumeKeeper:
 
     async def _write(self, path: Path) -> None:
         try:
-            while self.dirty:
+            # Once per save asked for, not once per change: pieces pass all the time while
+            # downloading, and a writer that looped while they did would never stop.
+            while self._asked:
+                self._asked = False
                 have = self.have()
                 self.dirty = False
 
@@ -70,6 +77,7 @@ class ResumeKeeper:
                     await self.disk.run(write)
                 except OSError as exc:
                     self.dirty = True
+                    self._asked = False
                     log.warning("%s: cannot save resume data: %s", self.meta.name, exc)
                     return
         finally:
