@@ -1073,6 +1073,41 @@ def test_a_connection_without_metadata_takes_arbitrary_bytes_the_same_way_and_ra
     assert not any(isinstance(e, Piece) for e in whole[0])  # it asked for nothing: no block is ever taken
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(noise(), max_size=12), st.lists(st.integers(0, 40_000), max_size=8))
+def test_bytes_received_borrowed_from_a_reused_buffer_give_the_same_events_as_bytes_copied(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    def fresh() -> PeerConnection:
+        conn = connected()
+        conn.send(HaveNone())
+        for key in ((0, 0, BLOCK), (NUM_PIECES - 1, 0, LAST_PIECE)):
+            conn.send(Request(*key))
+        conn.send(ExtensionHandshake(m={"ut_metadata": 1}))
+        return conn
+
+    stream = b"".join(parts)
+    expected = feed_in_chunks(fresh(), stream, cuts)
+    conn = fresh()
+    buffer = bytearray(len(stream) + 1)  # one buffer, reused for every read as a socket's would be
+    events: list[Event] = []
+    violation = None
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(stream)), len(stream)]
+    for start, end in zip(bounds, bounds[1:]):
+        n = end - start
+        buffer[:n] = stream[start:end]
+        try:
+            got = conn.receive_borrowed(memoryview(buffer)[:n])
+        except RemoteProtocolError as exc:
+            got, violation = exc.events, exc.reason
+        # What a driver does before its next read: copy blocks out, then the buffer is overwritten.
+        events += [Piece(e.index, e.begin, bytes(e.block)) if isinstance(e, Piece) else e for e in got]
+        buffer[:] = b"\xee" * len(buffer)
+        if violation is not None:
+            break
+    assert (events, violation) == expected
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200), st.lists(st.integers(0, 268), max_size=6))
 def test_arbitrary_bytes_before_the_handshake_raise_only_protocol_errors(junk: bytes, cuts: list[int]) -> None:

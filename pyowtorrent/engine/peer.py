@@ -27,18 +27,20 @@ from .clock import Clock
 from .conduct import Conduct, PeerMisbehaved
 from .meters import RateMeter
 from .net import Address
+from .receiver import receive
 
 log = logging.getLogger(__name__)
 
 __all__ = ["OUR_REQQ", "Peer", "PeerHost", "Uploads"]
 
-READ_SIZE = 256 << 10
 # Requests kept in flight: enough to cover this many seconds of the peer's
 # measured rate, so a fast peer (loopback) keeps its pipe full.
 REQUEST_QUEUE_SECONDS = 3.0
 MIN_QUEUE = 4
 START_QUEUE = 32
 MAX_QUEUE = 500
+# The longest a have waits to go out with other messages.
+HAVE_DELAY = 0.1
 # Requests we accept from a peer before we stop reading them (BEP 10 'reqq').
 OUR_REQQ = 500
 # Coalesce a peer's queued requests into disk reads of up to this many bytes.
@@ -124,6 +126,7 @@ class Peer:
         self.closed = asyncio.Event()
         self.uploads = Uploads(self)
         self._refill = False
+        self._haves: list[int] = []  # pieces to announce (send_have)
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
         self.close_reason = ""
@@ -172,6 +175,32 @@ class Peer:
         self.bytes_written += len(data)
         self.last_sent = self.clock.now()
 
+    def send_have(self, index: int) -> None:
+        """Say we have piece ``index``: with the next requests, or within :data:`HAVE_DELAY`.
+
+        A write per have costs a packet each way, and a fast download verifies
+        thousands of pieces a second; nothing needs a have sooner.
+        """
+        if self.closed.is_set():
+            return
+        if not self._haves:
+            asyncio.get_running_loop().call_later(HAVE_DELAY, self._flush_haves)
+        self._haves.append(index)
+
+    def _take_haves(self) -> bytes:
+        if not self._haves:
+            return b""
+        data = b"".join(self.conn.send(ev.Have(i)) for i in self._haves)
+        self._haves.clear()
+        return data
+
+    def _flush_haves(self) -> None:
+        if self._haves and not self.closed.is_set() and not self.writer.is_closing():
+            data = self._take_haves()
+            self.writer.write(data)
+            self.bytes_written += len(data)
+            self.last_sent = self.clock.now()
+
     def _close_soon(self, reason: str) -> None:
         if self._closing:
             return
@@ -203,21 +232,8 @@ class Peer:
         """Read and handle messages until the connection ends; then tell the host."""
         self._tasks.append(asyncio.get_running_loop().create_task(self.uploads.serve(), name=f"serve {self.address}"))
         try:
-            while not self.closed.is_set():
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    self.close_reason = self.close_reason or "peer closed the connection"
-                    break
-                if self.closed.is_set():
-                    break  # closed while this read waited (a ban, an eviction): what it says no longer counts
-                self.last_received = self.clock.now()
-                self._handle(self.conn.receive_data(data))
-                if self.conn.ignored_messages:
-                    # What the wire layer tolerated and ignored (logged there) carries nothing either.
-                    self.conduct.idle_message("ignored", self.conn.ignored_messages)
-                    self.conn.ignored_messages = 0
-                if self.writer.transport.get_write_buffer_size() > 4 * MAX_READ:
-                    await self.writer.drain()
+            await receive(self.reader, self.writer, self.conn, self._on_events, 4 * MAX_READ)
+            self.close_reason = self.close_reason or "peer closed the connection"
         except RemoteProtocolError as exc:
             self.close_reason = f"protocol violation: {exc}"
             if not self.closed.is_set():
@@ -233,6 +249,16 @@ class Peer:
             self.close_reason = str(exc)
         finally:
             await self.close(self.close_reason or "closed")
+
+    def _on_events(self, events: list[ev.Event]) -> None:
+        if self.closed.is_set():
+            return  # closed while a read waited (a ban, an eviction): what it says no longer counts
+        self.last_received = self.clock.now()
+        self._handle(events)
+        if self.conn.ignored_messages:
+            # What the wire layer tolerated and ignored (logged there) carries nothing either.
+            self.conduct.idle_message("ignored", self.conn.ignored_messages)
+            self.conn.ignored_messages = 0
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed.is_set():
@@ -379,7 +405,7 @@ class Peer:
         now = self.clock.now()
         for b in blocks:
             self.outstanding[b] = now
-        data = b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks)
+        data = self._take_haves() + b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks)
         self.writer.write(data)
         self.bytes_written += len(data)
         self.last_sent = now

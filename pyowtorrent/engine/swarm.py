@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Swarm"]
 
+# A peer's requests are topped up once a 1/REFILL_FRACTION of its queue has been answered.
+REFILL_FRACTION = 4
+
 
 class Swarm:
     def __init__(
@@ -253,7 +256,9 @@ class Swarm:
         if peer.closed.is_set() or not peer.am_interested or peer.conduct.backoff_until:
             return
         want = peer.queue_target - len(peer.outstanding)
-        if want <= 0:
+        if want <= 0 or (peer.outstanding and want < peer.queue_target // REFILL_FRACTION):
+            # Requests go out in batches, a quarter of the queue at a time: a write per block
+            # answered costs a packet each way (on loopback, most of a fast leecher's time).
             return
         if peer.peer_choking:
             self._fill_allowed_fast(peer, want)
@@ -305,7 +310,7 @@ class Swarm:
 
     def announce_piece(self, index: int) -> None:
         for p in list(self.peers.values()):
-            p.send(ev.Have(index))
+            p.send_have(index)
 
     def reconsider_interest(self) -> None:
         for p in list(self.peers.values()):

@@ -255,7 +255,7 @@ class _SimTransport(asyncio.Transport):
         self._in = inc
         self._serial = next(host._net._serials)
         self._peer: _SimTransport
-        self._protocol: asyncio.Protocol
+        self._protocol: asyncio.Protocol | asyncio.BufferedProtocol
         self._closing = False
         self._lost = False
         self._paused = False  # reading
@@ -272,8 +272,8 @@ class _SimTransport(asyncio.Transport):
         return self._protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        if not isinstance(protocol, asyncio.Protocol):
-            raise TypeError(f"a stream transport needs an asyncio.Protocol, not {protocol!r}")
+        if not isinstance(protocol, (asyncio.Protocol, asyncio.BufferedProtocol)):
+            raise TypeError(f"a stream transport needs an asyncio.Protocol or BufferedProtocol, not {protocol!r}")
         self._protocol = protocol
 
     def is_closing(self) -> bool:
@@ -349,8 +349,20 @@ class _SimTransport(asyncio.Transport):
 
     def _receive(self, chunk: bytes) -> None:
         if chunk:
-            if not self._closing:  # once closed here, nothing reads any more
-                self._protocol.data_received(chunk)
+            if self._closing:  # once closed here, nothing reads any more
+                return
+            protocol = self._protocol
+            if not isinstance(protocol, asyncio.BufferedProtocol):
+                protocol.data_received(chunk)
+                return
+            # As asyncio's socket transports do: into the protocol's buffer, as much as it takes at a time.
+            view = memoryview(chunk)
+            while view and not self._closing:
+                buf = memoryview(protocol.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                view = view[n:]
+                protocol.buffer_updated(n)
             return
         if not self._closing:
             self._protocol.eof_received()

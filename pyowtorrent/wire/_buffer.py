@@ -6,6 +6,12 @@ between the socket's ``bytes`` and the ``Piece`` event, however the stream
 was split.  Consumed bytes are dropped by advancing an offset into the first
 chunk and popping whole chunks: no ``del buf[:n]``, nothing quadratic when a
 large chunk holds thousands of messages.
+
+A chunk may also be *borrowed* (:meth:`ByteQueue.append_borrowed`): a view of
+the driver's receive buffer, which it reuses once parsing returns.  Then a
+block taken with :meth:`ByteQueue.take_view` is a view into that buffer (the
+one copy is the driver's, into the piece's buffer), and :meth:`ByteQueue.detach`
+copies what is left of borrowed chunks before the driver reuses the buffer.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ class ByteQueue:
     __slots__ = ("_chunks", "_offset", "size")
 
     def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._offset = 0  # into self._chunks[0]
         self.size = 0  # bytes held and not yet taken
 
@@ -30,11 +36,27 @@ class ByteQueue:
         if not data:
             return
         chunks = self._chunks
-        if chunks and len(chunks[-1]) + len(data) <= _MERGE_BELOW:
+        if chunks and len(chunks[-1]) + len(data) <= _MERGE_BELOW and type(chunks[-1]) is bytes:
             chunks[-1] += data
         else:
             chunks.append(data)
         self.size += len(data)
+
+    def append_borrowed(self, view: memoryview) -> None:
+        """Hold a view of a buffer the caller will reuse: :meth:`detach` before it does."""
+        if len(view):
+            self._chunks.append(view)
+            self.size += len(view)
+
+    def detach(self) -> None:
+        """Copy what is left of borrowed chunks, so that their buffer may be reused."""
+        chunks = self._chunks
+        if not any(type(c) is memoryview for c in chunks):
+            return
+        kept = [bytes(chunks[0][self._offset :])] + [bytes(c) for c in list(chunks)[1:]]
+        self._offset = 0
+        chunks.clear()
+        chunks.extend(k for k in kept if k)
 
     def peek_byte(self) -> int:
         """The next byte, without taking it (size must be at least 1)."""
@@ -54,6 +76,11 @@ class ByteQueue:
 
     def take(self, n: int) -> bytes:
         """Remove and return the next ``n`` bytes (size must be at least ``n``)."""
+        out = self.take_view(n)
+        return out if type(out) is bytes else bytes(out)
+
+    def take_view(self, n: int) -> bytes | memoryview:
+        """:meth:`take`, but a view of a borrowed chunk where the bytes lie in one: no copy."""
         if n == 0:
             return b""
         chunks = self._chunks

@@ -324,6 +324,24 @@ class PeerConnection:
             raise RemoteProtocolError(self._failed.reason, f"the connection already failed: {self._failed.detail}")
         # A caller's reusable buffer must not change under us; bytes are kept as they are.
         self._buffer.append(data if type(data) is bytes else bytes(data))
+        return self._parse_events()
+
+    def receive_borrowed(self, data: memoryview) -> list[Event]:
+        """:meth:`receive_data` without copying ``data``, a view of a buffer the caller reuses after.
+
+        The ``block`` of a :class:`~pyowtorrent.wire.events.Piece` event may be
+        a view into ``data``: copy it before reusing the buffer.  Every other
+        event, and what is kept of ``data`` for the next call, is copied.
+        """
+        if self._failed is not None:
+            raise RemoteProtocolError(self._failed.reason, f"the connection already failed: {self._failed.detail}")
+        self._buffer.append_borrowed(data)
+        try:
+            return self._parse_events()
+        finally:
+            self._buffer.detach()
+
+    def _parse_events(self) -> list[Event]:
         events: list[Event] = []
         try:
             self._parse(events)
@@ -400,41 +418,14 @@ class PeerConnection:
         # is copied once, straight out of the received chunks.
         if msg_id == _PIECE:
             index, begin = _PIECE_HEAD.unpack(buf.take(9))
-            block = buf.take(length - 9)
+            block = buf.take_view(length - 9)
             if self._requests.answer((index, begin, length - 9)):
                 return Piece(index, begin, block)
-            return self._unrequested_piece(index, begin, length - 9)
+            return _unrequested_piece(self, index, begin, length - 9)
         if msg_id == _EXTENDED:
             ext_id = buf.take(2)[1]
             return self._on_extended(ext_id, buf.take(length - 2))
         return _READERS[msg_id](self, buf.take(length))
-
-    def _unrequested_piece(self, index: int, begin: int, length: int) -> Reject | UnrequestedPiece | None:
-        bounds = self._bounds
-        if length == 0:
-            # BitComet rejects with a piece of no bytes: the reject of the block we asked at that offset.
-            if not 0 <= index < bounds.num_pieces or not 0 <= begin < bounds.piece_size(index):
-                log.debug("ignored an empty piece %d offset %d: out of range", index, begin)
-                self.ignored_messages += 1
-                return None
-            return self._read_reject(index, begin, min(BLOCK_SIZE, self.max_block, bounds.piece_size(index) - begin))
-        if not bounds.on_block_grid(index, begin, length):
-            # Bytes that cannot be a block of ours: the peer has the torrent's shape wrong.
-            raise RemoteProtocolError(
-                Violation.PIECE_NOT_REQUESTED,
-                f"piece {index} offset {begin} length {length}: out of range or off the block grid",
-            )
-        # In range and a real block: late (a request we timed out) or a peer's mistake.  libtorrent
-        # drops it and counts it as waste, so do we (the driver counts).
-        return UnrequestedPiece(index, begin, length)
-
-    def _read_reject(self, index: int, begin: int, length: int) -> Reject | None:
-        if not self._requests.answer((index, begin, length)):
-            # libtorrent: "not in request queue" (a cancel crossed it, or a peer's mistake).
-            log.debug("ignored a reject of piece %d offset %d length %d: not requested", index, begin, length)
-            self.ignored_messages += 1
-            return None
-        return Reject(index, begin, length)
 
     def _read_request(self, key: BlockKey) -> Request | InvalidRequest:
         try:
@@ -471,6 +462,37 @@ class PeerConnection:
         if name == METADATA_EXTENSION and self.metadata:
             return decode_metadata_message(payload)
         return Extended(ext_id, payload)
+
+
+def _unrequested_piece(conn: PeerConnection, index: int, begin: int, length: int) -> Reject | UnrequestedPiece | None:
+    """A piece message that answers no request of ours."""
+    bounds = conn._bounds
+    if length == 0:
+        # BitComet rejects with a piece of no bytes: the reject of the block we asked at that offset.
+        if not 0 <= index < bounds.num_pieces or not 0 <= begin < bounds.piece_size(index):
+            log.debug("ignored an empty piece %d offset %d: out of range", index, begin)
+            conn.ignored_messages += 1
+            return None
+        return _read_reject(conn, index, begin, min(BLOCK_SIZE, conn.max_block, bounds.piece_size(index) - begin))
+    if not bounds.on_block_grid(index, begin, length):
+        # Bytes that cannot be a block of ours: the peer has the torrent's shape wrong.
+        raise RemoteProtocolError(
+            Violation.PIECE_NOT_REQUESTED,
+            f"piece {index} offset {begin} length {length}: out of range or off the block grid",
+        )
+    # In range and a real block: late (a request we timed out) or a peer's mistake.  libtorrent
+    # drops it and counts it as waste, so do we (the driver counts).
+    return UnrequestedPiece(index, begin, length)
+
+
+def _read_reject(conn: PeerConnection, index: int, begin: int, length: int) -> Reject | None:
+    """A reject (or BitComet's empty piece): of a request of ours, or ignored."""
+    if not conn._requests.answer((index, begin, length)):
+        # libtorrent: "not in request queue" (a cancel crossed it, or a peer's mistake).
+        log.debug("ignored a reject of piece %d offset %d length %d: not requested", index, begin, length)
+        conn.ignored_messages += 1
+        return None
+    return Reject(index, begin, length)
 
 
 # Decoders of the messages other than piece and extended, by id: each takes
@@ -536,7 +558,7 @@ def _choke(conn: PeerConnection, _: bytes) -> Message:
 
 def _reject(conn: PeerConnection, body: bytes) -> Message | None:
     # Out of range it answers none of our requests, which are all in range: ignored as well.
-    return conn._read_reject(*_BLOCK_BODY.unpack(body))
+    return _read_reject(conn, *_BLOCK_BODY.unpack(body))
 
 
 _READERS: dict[int, _Reader] = {
