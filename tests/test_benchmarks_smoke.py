@@ -55,3 +55,51 @@ def test_bench_swarm_runs_every_case(tmp_path: Path) -> None:
     # bench_webseed.py builds on bench_swarm.py's helpers: both stay runnable.
     doc = run_json("bench_swarm.py", "--size", "4MiB", "--repeat", "1", tmp_path=tmp_path)
     assert_every_case_moved_bytes(doc, ["a", "b", "c", "d"])
+
+
+def test_bench_swarm_leechers_runs_every_case(tmp_path: Path) -> None:
+    # One seeder and two leechers finding each other through a tracker on loopback.
+    doc = run_json("bench_swarm.py", "--size", "4MiB", "--leechers", "2", "--repeat", "1", tmp_path=tmp_path)
+    assert_every_case_moved_bytes(doc, ["a", "b", "c", "d", "m"])
+    assert doc["setup"]["leechers"] == 2
+    for r in doc["best"]:
+        # Each leecher completed (and its copy verified, or the case would have failed).
+        assert [f["impl"] for f in r["leecher_figures"]] == (
+            ["pyowtorrent", "libtorrent"] if r["case"] == "m" else [r["leecher"]] * 2
+        ), r
+        assert all(f["seconds"] > 0 for f in r["leecher_figures"]), r
+
+
+def test_bench_swarm_through_the_delaying_proxy(tmp_path: Path) -> None:
+    # A 5 ms each way and a cap far above what 4 MiB needs: the proxy in the path, not a timing.
+    args = ["--size", "4MiB", "--delay-ms", "5", "--rate-mbit", "2000", "--only", "abd", "--repeat", "1"]
+    doc = run_json("bench_swarm.py", *args, tmp_path=tmp_path)
+    assert_every_case_moved_bytes(doc, ["a", "b", "d"])
+    assert doc["setup"]["proxy"]["delay_ms"] == 5
+    for r in doc["best"]:
+        stats = r["proxy"]
+        assert stats["connections"] >= 1 and stats["bytes_to_client"] >= 4 << 20, r
+
+
+def test_bench_hashing_runs_every_row(tmp_path: Path) -> None:
+    # A small --size shrinks the baseline's hashing too (32 MiB a run): a couple of seconds.
+    doc = run_json("bench_hashing.py", "--size", "8MiB", "--threads", "2", "--repeat", "1", tmp_path=tmp_path)
+    names = [r["name"] for r in doc["rows"]]
+    assert names == [
+        "sha1 cache-resident, 1 thread",
+        "sha1 cache-resident, 2 threads",
+        "sha1 in memory, 16 MiB streamed",
+        "naive read+sha1, 1 thread",
+        "create_torrent",
+        "verify_payload (in process)",
+        "python -m pyowtorrent.verify",
+    ]
+    for r in doc["rows"]:
+        assert r["mb_s"] > 0 and r["seconds"] > 0 and r["ratio"] > 0, r
+    assert doc["baseline_mb_s"] == doc["rows"][0]["mb_s"]
+    assert doc["setup"]["baseline_bytes_per_run"] <= 32 << 20
+    ceiling = doc["ceiling"]
+    assert ceiling["threads"] == 2 and ceiling["measured_mb_s"] == doc["rows"][1]["mb_s"]
+    # openssl may be missing: then a reason instead of a figure, never a failure.
+    check = doc["openssl_sha1"]
+    assert (check["mb_s"] is None) == (check["hashlib_vs_openssl"] is None) == (check["note"] is not None)
