@@ -158,3 +158,103 @@ def seed_payload(args: argparse.Namespace, root: Path, name: str) -> tuple[Path,
     if read_all(files) != args.size:  # warm the page cache for the seeders and servers
         raise SystemExit("payload has the wrong size")
     return seed_dir, meta
+
+
+# ---------------------------------------------------------------------------
+# A tracker on loopback (bench_swarm.py --leechers)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 just now (for programs that cannot be told to pick one)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalTracker:
+    """An HTTP tracker on 127.0.0.1 serving one info-hash, in a process of its own.
+
+    Debian's ``opentracker`` when it is on PATH (the tracker the issue measured
+    with), else pyowtorrent's own (``python -m pyowtorrent tracker``); ``kind``
+    says which.  Debian builds opentracker with a whitelist, so the info-hash is
+    listed before it starts; it chroots into ``home`` and drops to ``nobody``,
+    so the list's path is relative to ``home`` (as tests/conftest.py starts it).
+    A fresh one per swarm: it would otherwise hand out the last swarm's peers.
+    """
+
+    def __init__(self, home: Path, info_hash: bytes, torrent: Path) -> None:
+        import shutil
+        import subprocess
+        import time
+
+        self.info_hash = info_hash
+        home.mkdir(parents=True, exist_ok=True)
+        home.chmod(0o755)
+        self.log_path = home / "tracker.log"
+        log_file = open(self.log_path, "wb")
+        binary = shutil.which("opentracker")
+        if binary is not None:
+            self.kind = "opentracker"
+            (home / "whitelist.txt").write_text(info_hash.hex() + "\n")
+            (home / "opentracker.conf").write_text("access.whitelist whitelist.txt\n")
+            port = free_port()
+            cmd = [binary, "-f", str(home / "opentracker.conf"), "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
+            if os.geteuid() == 0:  # it chroots and drops privileges only when it can
+                cmd += ["-d", str(home), "-u", "nobody"]
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+            self.url = f"http://127.0.0.1:{port}/announce"
+        else:
+            self.kind = "pyowtorrent tracker (opentracker is not on PATH)"
+            cmd = [sys.executable, "-m", "pyowtorrent", "tracker", "--listen", "127.0.0.1", "--port", "0"]
+            cmd += ["--allow", str(torrent)]
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, env=child_env(), cwd=REPO
+            )
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline().decode()  # "announce URL: http://127.0.0.1:P/announce"
+            if not line.startswith("announce URL: "):
+                self.stop()
+                raise RuntimeError(f"pyowtorrent tracker did not start: {line!r}, {self.log_path.read_text()[-500:]}")
+            self.url = line.split(": ", 1)[1].strip()
+        log_file.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.seeders()
+                return
+            except OSError as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{self.kind} did not start: {exc}; {self.log_path.read_text()[-500:]}") from exc
+                time.sleep(0.05)
+
+    def scrape(self) -> dict[bytes, Any]:
+        """The tracker's scrape entry for our info-hash (empty before anyone announced)."""
+        import urllib.parse
+        import urllib.request
+
+        from pyowtorrent.metainfo.bencoding import decode
+
+        base = self.url.rsplit("/announce", 1)[0]
+        url = f"{base}/scrape?info_hash={urllib.parse.quote_from_bytes(self.info_hash)}"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            doc = decode(r.read())
+        files = doc.get(b"files", {}) if isinstance(doc, dict) else {}
+        entry = files.get(self.info_hash, {})
+        return entry if isinstance(entry, dict) else {}
+
+    def seeders(self) -> int:
+        return int(self.scrape().get(b"complete", 0))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

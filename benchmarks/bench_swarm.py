@@ -1,4 +1,4 @@
-"""Two-peer swarm on loopback: pyowtorrent against libtorrent, leecher and seeder.
+"""Swarms on loopback: pyowtorrent against libtorrent, as leechers and as seeders.
 
 One run generates a payload and its .torrent, then transfers it over
 127.0.0.1 from one seeder process to one leecher process, four ways:
@@ -14,8 +14,23 @@ process.  For each case it reports the wall time from the leecher's spawn to
 its verified-complete event, MB/s, CPU seconds per GiB of the leecher and of
 the seeder, peak RSS, and the throughput as a ratio to case ``a``.
 
+Two more shapes of the same cases:
+
+* ``--leechers N``: one seeder and N leechers spawned together, all finding
+  one another through a fresh tracker on loopback (opentracker, else
+  pyowtorrent's own), plus case ``m`` (a libtorrent seeder, our leechers and
+  libtorrent's in turn).  Aggregate and per-leecher MB/s, CPU per GiB, peak
+  RSS, and who sent whom how many bytes (the kernel's TCP counts, ``ss``).
+* ``--delay-ms D [--rate-mbit R]``: the leecher reaches the seeder through
+  ``_proxy.py``, a process that delays each direction by D ms and caps it at
+  R Mbit/s: a distant link, where request pipelining decides throughput.
+
+``--lt-encryption default`` leaves libtorrent's MSE/PE policies as clients
+ship them (it then dials encrypted first).  Every download is hashed against
+the torrent after its case.
+
 Run ``python benchmarks/bench_swarm.py --help`` for the options; see
-``benchmarks/README.md`` for how to read the table.  Needs the ``libtorrent``
+``benchmarks/README.md`` for how to read the tables.  Needs the ``libtorrent``
 wheel (benchmark-only dependency).
 """
 
@@ -33,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +59,7 @@ from _common import (  # noqa: E402  (benchmarks/, beside this script)
     KiB,
     MiB,
     REPO,
+    LocalTracker,
     child_env,
     human,
     in_work_dir,
@@ -62,6 +79,8 @@ SAMPLE_EVERY = 0.1  # seconds between /proc memory samples
 # The issue's targets.
 TARGET_RATE_RATIO = 0.5  # of the libtorrent → libtorrent rate, for our leecher and for our seeder
 TARGET_LEECHER_RSS_MIB = 150
+TARGET_SWARM_RATIO = 0.9  # --leechers N: our leechers' aggregate against libtorrent's, from the same seeder
+TARGET_PROXY_RATIO = 1.0  # --delay-ms: our leecher against libtorrent's through the same proxy
 
 # The settings of lt.high_performance_seed() that matter for one connection
 # (the rest are about thousands of torrents and peers).
@@ -83,14 +102,20 @@ CASES = {
 # libtorrent helper modes: one session per process, JSON lines like pyowtorrent's
 
 
-def lt_settings(port: int, preset: str = "default") -> dict[str, Any]:
+def lt_settings(port: int, preset: str = "default", encryption: str = "off") -> dict[str, Any]:
+    """libtorrent's settings for one benchmark peer.
+
+    ``encryption``: ``off`` dials plaintext (accepting either), the benchmark's
+    historical setting; ``default`` leaves libtorrent's own policies, as
+    qBittorrent and Deluge ship them: it dials with MSE/PE first.
+    """
     import libtorrent as lt
 
     base: dict[str, Any] = {}
     if preset == "high-performance":
         # libtorrent's own preset for a fast seed: deeper send buffers, longer request queues.
         base = {k: v for k, v in lt.high_performance_seed().items() if k in HIGH_PERFORMANCE_KEYS}
-    return base | {
+    settings = base | {
         "listen_interfaces": f"127.0.0.1:{port}",
         "enable_dht": False,
         "enable_lsd": False,
@@ -99,17 +124,25 @@ def lt_settings(port: int, preset: str = "default") -> dict[str, Any]:
         # pyowtorrent speaks plain BitTorrent over TCP: so does the baseline.
         "enable_outgoing_utp": False,
         "enable_incoming_utp": False,
-        "out_enc_policy": int(lt.enc_policy.disabled),
-        "in_enc_policy": int(lt.enc_policy.enabled),
+        # Every peer of a swarm shares 127.0.0.1 (they differ by port): without this libtorrent
+        # keeps one connection per IP.  No effect with one peer.
+        "allow_multiple_connections_per_ip": True,
         "alert_mask": int(lt.alert.category_t.status_notification | lt.alert.category_t.error_notification),
     }
+    if encryption == "off":
+        settings["out_enc_policy"] = int(lt.enc_policy.disabled)
+        settings["in_enc_policy"] = int(lt.enc_policy.enabled)
+    return settings
 
 
 def lt_main(args: argparse.Namespace) -> int:
-    """``--lt-seed TORRENT DIR`` or ``--lt-leech TORRENT DIR [--peer HOST:PORT]``.
+    """``--lt-seed TORRENT DIR`` or ``--lt-leech TORRENT DIR [--peer HOST:PORT] [--lt-stay]``.
 
     A leecher without ``--peer`` has only the torrent's own sources (its web
-    seeds, for ``bench_webseed.py``).
+    seeds, for ``bench_webseed.py``; its tracker, for a swarm).  With
+    ``--lt-stay`` a leecher keeps seeding after its ``done`` line until SIGTERM
+    (as ``pyowtorrent download --seed``), so that a swarm's last leechers can
+    still get pieces from the first ones.
     """
     import libtorrent as lt
 
@@ -122,7 +155,14 @@ def lt_main(args: argparse.Namespace) -> int:
     def emit(doc: dict[str, Any]) -> None:
         print(json.dumps(doc), flush=True)
 
-    ses = lt.session(lt_settings(args.port, args.lt_preset))  # type: ignore[call-overload]
+    settings = lt_settings(args.port, args.lt_preset, args.lt_encryption)
+    # BENCH_SWARM_LT_LOG=1 (a debugging knob of this benchmark only): libtorrent's peer and tracker
+    # alerts (connects, disconnects and why, announces) go to this helper's stderr log.
+    lt_log = os.environ.get("BENCH_SWARM_LT_LOG") == "1"
+    if lt_log:
+        cat = lt.alert.category_t
+        settings["alert_mask"] |= int(cat.peer_notification | cat.tracker_notification | cat.connect_notification)
+    ses = lt.session(settings)  # type: ignore[call-overload]
     deadline = time.monotonic() + 10
     while ses.listen_port() == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -135,10 +175,12 @@ def lt_main(args: argparse.Namespace) -> int:
         host, port = args.peer.rsplit(":", 1)
         h.connect_peer((host, int(port)))
     next_status = 0.0
-    done = False
+    done = reported = False
     while not stop.is_set():
         ses.wait_for_alert(50)
         for a in ses.pop_alerts():
+            if lt_log:
+                print(f"{time.monotonic():.3f} {type(a).__name__}: {a.message()}", file=sys.stderr, flush=True)
             if isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
                 print(f"error: {a.message()}", file=sys.stderr, flush=True)
                 return 1
@@ -161,9 +203,12 @@ def lt_main(args: argparse.Namespace) -> int:
                 }
             )
             next_status = now + 1.0
-        if done:
+        if done and not reported:
             emit({"event": "done", "bytes": st.total_wanted_done})
-            return 0
+            if not args.lt_stay:
+                return 0
+            reported = True
+            seeding = True  # from now on a seed: status lines once a second until SIGTERM
     return 0
 
 
@@ -206,6 +251,7 @@ class Child:
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.complete_at: float | None = None
         self.cpu_at_complete: tuple[float, float, int] | None = None
+        self.cpu_at_listening: tuple[float, float, int] | None = None  # start-up: interpreter, imports, session
         self.mem_at_complete: dict[str, int] = {}
         self.peak_anon = 0
         self.peak_rss = 0
@@ -229,6 +275,8 @@ class Child:
                 doc = json.loads(raw)
             except ValueError:
                 continue
+            if doc.get("event") == "listening" and self.cpu_at_listening is None:
+                self.cpu_at_listening = proc_cpu(self.pid)
             if doc.get("event") in ("completed", "done") and self.complete_at is None and self.role == "leecher":
                 # Measured here, on arrival, before the process can go away.
                 self.complete_at = now
@@ -317,9 +365,18 @@ class CaseFailed(Exception):
     pass
 
 
-def seeder_cmd(impl: str, torrent: Path, seed_dir: Path, profile: Path | None, preset: str) -> list[str]:
+def lt_encryption_args(encryption: str) -> list[str]:
+    return [] if encryption == "off" else ["--lt-encryption", encryption]
+
+
+def seeder_cmd(
+    impl: str, torrent: Path, seed_dir: Path, profile: Path | None, preset: str, lt_encryption: str = "off"
+) -> list[str]:
     if impl == "libtorrent":
-        return [sys.executable, SELF, "--lt-seed", str(torrent), str(seed_dir), "--lt-preset", preset]
+        return [
+            sys.executable, SELF, "--lt-seed", str(torrent), str(seed_dir), "--lt-preset", preset,
+            *lt_encryption_args(lt_encryption),
+        ]  # fmt: skip
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     return [
         sys.executable, *prof, "-m", "pyowtorrent", "seed", str(torrent), str(seed_dir),
@@ -327,15 +384,28 @@ def seeder_cmd(impl: str, torrent: Path, seed_dir: Path, profile: Path | None, p
     ]  # fmt: skip
 
 
-def leecher_cmd(impl: str, torrent: Path, out: Path, port: int | None, profile: Path | None, preset: str) -> list[str]:
-    """The leecher's command; ``port``: the seeder's, None for no peer (the torrent's web seeds only)."""
+def leecher_cmd(
+    impl: str,
+    torrent: Path,
+    out: Path,
+    port: int | None,
+    profile: Path | None,
+    preset: str,
+    lt_encryption: str = "off",
+    stay: bool = False,
+) -> list[str]:
+    """The leecher's command; ``port``: the seeder's (or the proxy's in front of it), None for no
+    peer (the torrent's own sources only: web seeds, trackers); ``stay``: keep seeding once done."""
     peer = ["--peer", f"127.0.0.1:{port}"] if port is not None else []
     if impl == "libtorrent":
-        return [sys.executable, SELF, "--lt-leech", str(torrent), str(out), *peer, "--lt-preset", preset]
+        return [
+            sys.executable, SELF, "--lt-leech", str(torrent), str(out), *peer, "--lt-preset", preset,
+            *lt_encryption_args(lt_encryption), *(["--lt-stay"] if stay else []),
+        ]  # fmt: skip
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     return [
         sys.executable, *prof, "-m", "pyowtorrent", "download", str(torrent),
-        "-o", str(out), *peer, "--listen", "127.0.0.1", "--json",
+        "-o", str(out), *peer, "--listen", "127.0.0.1", "--json", *(["--seed"] if stay else []),
     ]  # fmt: skip
 
 
@@ -369,13 +439,25 @@ class Result:
     profiles: list[str] = field(default_factory=list)
 
 
+@dataclass
+class ProxyResult(Result):
+    """A two-peer case through the delaying proxy (``--delay-ms``): the proxy's figures too."""
+
+    link_share: float | None = None  # mb_s / the proxy's cap in MB/s
+    proxy_cpu: float = 0.0  # seconds, leecher spawn → complete
+    proxy_peak_rss: int = 0
+    proxy: dict[str, Any] = field(default_factory=dict)  # its stats line: connections, bytes, queue, lateness
+
+
 def run_case(
     case: str, run: int, ctx: argparse.Namespace, torrent: Path, seed_dir: Path, work: Path, size: int
 ) -> Result:
     seed_impl, leech_impl = CASES[case]
-    res = Result(case, seed_impl, leech_impl, run)
+    via = proxy_cmd(ctx) if getattr(ctx, "delay_ms", None) is not None else None
+    res = (ProxyResult if via else Result)(case, seed_impl, leech_impl, run)
     out = work / f"leech-{case}{run}"
     prof_s, prof_l = profile_paths(res, ctx, work)
+    enc = getattr(ctx, "lt_encryption", "off")
     return run_pair(
         res,
         ctx,
@@ -383,11 +465,24 @@ def run_case(
         size,
         torrent,
         out,
-        seeder_cmd(seed_impl, torrent, seed_dir, prof_s, ctx.lt_preset),
-        lambda port: leecher_cmd(leech_impl, torrent, out, port, prof_l, ctx.lt_preset),
+        seeder_cmd(seed_impl, torrent, seed_dir, prof_s, ctx.lt_preset, enc),
+        lambda port: leecher_cmd(leech_impl, torrent, out, port, prof_l, ctx.lt_preset, enc),
         prof_s,
         prof_l,
+        via,
     )
+
+
+def proxy_cmd(ctx: argparse.Namespace) -> Callable[[int], list[str]]:
+    """The delaying proxy's command, given the seeder's port (``_proxy.py``, a process of its own)."""
+
+    def cmd(port: int) -> list[str]:
+        return [
+            sys.executable, str(Path(SELF).with_name("_proxy.py")), "--upstream", f"127.0.0.1:{port}",
+            "--delay-ms", f"{ctx.delay_ms:g}", "--rate-mbit", f"{ctx.rate_mbit or 0:g}",
+        ]  # fmt: skip
+
+    return cmd
 
 
 def profile_paths(res: Result, ctx: argparse.Namespace, work: Path) -> tuple[Path | None, Path | None]:
@@ -410,6 +505,7 @@ def run_pair(
     leech_cmd: Callable[[int], list[str]],
     prof_s: Path | None = None,
     prof_l: Path | None = None,
+    via: Callable[[int], list[str]] | None = None,
 ) -> Result:
     """One transfer: start ``seed_cmd``, wait until it is seeding, then time ``leech_cmd(its port)`` into ``out``.
 
@@ -417,6 +513,9 @@ def run_pair(
     then a ``status`` in state ``seeding``); the leecher downloads ``torrent``'s
     payload into ``out`` (emptied first), which is checked against ``torrent``
     and deleted.  Fills in ``res``, whose ``case`` and ``run`` name the files.
+    With ``via``, the command of a proxy given the seeder's port, the proxy is
+    started once the seeder is seeding and the leecher gets the proxy's port
+    instead; a :class:`ProxyResult` then gets the proxy's CPU, memory and stats.
     """
     case, run, seed_impl, leech_impl = res.case, res.run, res.seeder, res.leecher
     shutil.rmtree(out, ignore_errors=True)
@@ -451,7 +550,13 @@ def run_pair(
         )
         res.seeder_ready = time.perf_counter() - seeder.started
         spy(seeder)
+        proxy = None
+        if via is not None:
+            proxy = Child("proxy", "tcp", via(port), work, tag)
+            children.append(proxy)
+            port = proxy.wait_for(lambda d: d.get("event") == "listening", ready_deadline, "listening line")["port"]
         cpu0 = proc_cpu(seeder.pid) or (0.0, 0.0, 0)
+        pcpu0 = proc_cpu(proxy.pid) if proxy is not None else None
         leecher = Child("leecher", leech_impl, leech_cmd(port), work, tag)
         children.append(leecher)
         spy(leecher)
@@ -461,6 +566,10 @@ def run_pair(
         leecher.wait_for(lambda d: d.get("event") in ("completed", "done"), deadline, "verified-complete event")
         assert leecher.complete_at is not None
         cpu1 = proc_cpu(seeder.pid) or (0.0, 0.0, 0)
+        if proxy is not None and isinstance(res, ProxyResult):
+            pcpu1 = proc_cpu(proxy.pid)
+            if pcpu0 is not None and pcpu1 is not None:
+                res.proxy_cpu = pcpu1[0] + pcpu1[1] - pcpu0[0] - pcpu0[1]
         res.seconds = leecher.complete_at - leecher.started
         res.mb_s = size / res.seconds / 1e6
         res.seeder_cpu = cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]
@@ -486,6 +595,12 @@ def run_pair(
             raise CaseFailed(f"{seed_impl} seeder exited {seeder.proc.returncode}: {seeder.stderr_tail()}")
         res.seeder_peak_rss = seeder.peak_rss
         res.seeder_peak_anon = seeder.peak_anon
+        if proxy is not None and isinstance(res, ProxyResult):
+            proxy.stop()
+            res.proxy_peak_rss = proxy.peak_rss
+            res.proxy = next((d for _, d in reversed(proxy.events) if d.get("event") == "stats"), {})
+            if ctx.rate_mbit:
+                res.link_share = res.mb_s / (ctx.rate_mbit / 8)
         if not ctx.no_verify:
             check_download(torrent, out)
         res.ok = True
@@ -520,6 +635,451 @@ def check_download(torrent: Path, out: Path) -> None:
     report = verify_payload(meta, out / meta.name)
     if not report.ok:
         raise CaseFailed(f"the leecher's copy does not verify: {report}")
+
+
+# ---------------------------------------------------------------------------
+# Many peers: one seeder and N leechers through a tracker (--leechers N)
+
+# Seeder implementation, leechers' ("mixed": ours and libtorrent's in turn, ours first).
+SWARM_CASES = {**CASES, "m": ("libtorrent", "mixed")}
+
+
+def swarm_leechers(kind: str, n: int) -> list[str]:
+    if kind == "mixed":
+        return ["pyowtorrent" if i % 2 == 0 else "libtorrent" for i in range(n)]
+    return [kind] * n
+
+
+@dataclass
+class SwarmResult(Result):
+    """One swarm: the inherited figures are the swarm's (``seconds``: first leecher's spawn → last
+    leecher's completion; ``mb_s``: N × size over that; ``leecher_cpu``: the mean leecher's CPU
+    seconds; ``leecher_peak_rss``: the largest leecher's); ``leechers`` has each one's own."""
+
+    num_leechers: int = 0
+    tracker: str = ""
+    mean_mb_s: float = 0.0  # mean over leechers of size / its own spawn → complete
+    seeder_sent: int | None = None  # payload + protocol bytes the seeder's sockets sent (None: no ss)
+    unattributed: int = 0  # bytes on peer connections whose other end no ss sample saw (short-lived)
+    leecher_figures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SocketBytes:
+    """Bytes each of our processes sent on each of its TCP connections, as the kernel counts them (``ss``).
+
+    Implementation-neutral: every TCP connection on 127.0.0.1, whoever made it.
+    Two sources: ``sample()`` (``ss -tinp``, every 0.2 s and once at the end)
+    says which process owns which local port, and the counts of the
+    connections still open; a listener (``ss -tinE``, line-buffered through
+    ``stdbuf``) gets each connection's final counts as it is destroyed, since
+    peers drop connections mid-swarm (libtorrent closes a connection between
+    two seeds as soon as it completes).  Who is at the other end of a
+    connection is the process owning the socket whose local port is this
+    one's remote port; each peer's listen port is given (``own``), so the
+    accepting end of a connection is always known, and the dialling end if a
+    sample saw it.  A connection opened and closed between two samples (on a
+    payload of a few MiB) leaves its bytes *unattributed*: ``flows`` counts
+    those apart, so that an incomplete figure says so.  Bytes are TCP
+    payload: BitTorrent messages, 13 bytes of header per 16 KiB block, ~0.1%
+    over the pieces.  ``available`` is False without ``ss`` (iproute2) and
+    ``stdbuf`` (coreutils).
+    """
+
+    # libtorrent binds its sockets to the interface: "127.0.0.1%lo:6881".
+    LINE = re.compile(r"127\.0\.0\.1(?:%\w+)?:(\d+)\s+127\.0\.0\.1(?:%\w+)?:(\d+)(?:\s+users:\(\(\"[^\"]*\",pid=(\d+),)?")
+    SENT = re.compile(r"\bbytes_sent:(\d+)")
+
+    def __init__(self) -> None:
+        self.ss, self.stdbuf = shutil.which("ss"), shutil.which("stdbuf")
+        self.available = self.ss is not None and self.stdbuf is not None
+        self.owner: dict[int, int] = {}  # local port -> pid (ours only)
+        self.sent: dict[tuple[int, int], int] = {}  # (local port, remote port) -> bytes sent, largest seen
+        self.lock = threading.Lock()
+        self.events: subprocess.Popen[str] | None = None
+        self.reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        if not self.available:
+            return
+        assert self.ss is not None and self.stdbuf is not None
+        self.events = subprocess.Popen(
+            [self.stdbuf, "-oL", self.ss, "-tinHE"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.reader = threading.Thread(target=self._read_events, daemon=True)
+        self.reader.start()
+
+    def stop(self) -> None:
+        if self.events is not None:
+            time.sleep(0.2)  # the last connections' destroy events
+            self.events.terminate()
+            self.events.wait(5)
+            if self.reader is not None:
+                self.reader.join(2)
+            if self.events.stdout is not None:
+                self.events.stdout.close()
+            self.events = None
+
+    def _parse(self, lines: Any, pids: set[int] | None) -> None:
+        key = None
+        for line in lines:
+            m = self.LINE.search(line)
+            if m and not line[:1].isspace():
+                key = (int(m.group(1)), int(m.group(2)))
+                if pids is not None:  # a sample: who owns the port
+                    pid = int(m.group(3) or 0)
+                    with self.lock:
+                        if pid in pids:
+                            self.owner[key[0]] = pid
+                        else:
+                            key = None
+                continue
+            if key is not None and line[:1].isspace():
+                m2 = self.SENT.search(line)
+                if m2:
+                    with self.lock:
+                        self.sent[key] = max(self.sent.get(key, 0), int(m2.group(1)))
+                key = None
+
+    def _read_events(self) -> None:
+        assert self.events is not None and self.events.stdout is not None
+        self._parse(self.events.stdout, None)
+
+    def sample(self, pids: set[int]) -> None:
+        if not self.available:
+            return
+        assert self.ss is not None
+        try:
+            text = subprocess.run(
+                [self.ss, "-tinpH", "state", "established", "src", "127.0.0.1"],
+                capture_output=True, text=True, timeout=5, check=False,
+            ).stdout  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        self._parse(text.splitlines(), pids)
+
+    def own(self, port: int, pid: int) -> None:
+        """``pid`` listens on ``port``: every connection accepted there is its."""
+        with self.lock:
+            self.owner[port] = pid
+
+    def flows(self, ignore: frozenset[int] = frozenset()) -> tuple[dict[tuple[int, int], tuple[int, int]], int]:
+        """(from pid, to pid) -> (bytes the sender's sockets sent, connections) between our processes, and
+        the bytes sent on connections with one end ours and the other unknown (``ignore``: ports that are
+        not peers', the tracker's)."""
+        with self.lock:
+            out: dict[tuple[int, int], tuple[int, int]] = {}
+            unattributed = 0
+            for (lport, rport), sent in self.sent.items():
+                if lport in ignore or rport in ignore:
+                    continue
+                pid, other = self.owner.get(lport), self.owner.get(rport)
+                if pid is None and other is None:
+                    continue  # not ours: ss -E reports every socket of the machine
+                if pid is None or other is None:
+                    unattributed += sent
+                    continue
+                if other == pid:
+                    continue
+                total, conns = out.get((pid, other), (0, 0))
+                out[(pid, other)] = (total + sent, conns + 1)
+            return out, unattributed
+
+
+def scrape_text(tracker: LocalTracker) -> str:
+    try:
+        entry = tracker.scrape()
+    except (OSError, ValueError) as exc:
+        return f"failed: {exc}"
+    return ", ".join(f"{k.decode(errors='replace')} {v}" for k, v in entry.items()) or "no entry"
+
+
+def torrent_with_tracker(base: Path, dest: Path, announce: str) -> None:
+    """``base`` with ``announce`` = ``announce``: the same info dict, so the same info-hash and pieces."""
+    from pyowtorrent.metainfo.bencoding import Bencached, encode
+    from pyowtorrent.metainfo.torrent_file import load_metainfo
+
+    meta = load_metainfo(base)
+    top = {**meta.raw_top, b"announce": announce.encode(), b"info": Bencached(meta.info_bytes)}
+    dest.write_bytes(encode(top))
+
+
+def debug_log_args(work: Path, name: str) -> list[str]:
+    """BENCH_SWARM_PYOW_LOG=debug|info (a debugging knob of this benchmark only): our peers log at that
+    level to ``<work>/<name>.log`` (use with --keep).  Logging costs CPU: the figures then mean little."""
+    level = os.environ.get("BENCH_SWARM_PYOW_LOG", "")
+    if level not in ("debug", "info"):
+        return []
+    return ["--log-level", level, "--log-file", str(work / f"{name}.log")]
+
+
+def with_debug_log(cmd: list[str], impl: str, work: Path, name: str) -> list[str]:
+    if impl != "pyowtorrent":
+        return cmd
+    extra = debug_log_args(work, name)
+    if not extra:
+        return cmd
+    verb = next(i for i, a in enumerate(cmd) if a in ("seed", "download"))
+    return [*cmd[: verb + 1], *extra, *cmd[verb + 1 :]]
+
+
+def run_swarm(
+    case: str, run: int, ctx: argparse.Namespace, plain_torrent: Path, seed_dir: Path, work: Path, size: int
+) -> SwarmResult:
+    """One seeder, then ``ctx.leechers`` leechers spawned together; all find one another through a fresh
+    tracker on loopback (the leechers get no ``--peer``).  Leechers stay, seeding, until the last one
+    completes; then all stop and every download is checked."""
+    from pyowtorrent.metainfo.torrent_file import load_metainfo
+
+    n = ctx.leechers
+    seed_impl, kind = SWARM_CASES[case]
+    impls = swarm_leechers(kind, n)
+    res = SwarmResult(case, seed_impl, kind, run, num_leechers=n)
+    tag = f"{case}{run}-"
+    outs = [work / f"leech-{case}{run}-{i}" for i in range(n)]
+    enc = ctx.lt_encryption
+    children: list[Child] = []
+    tracker: LocalTracker | None = None
+    counter = SocketBytes()
+    sampling = threading.Event()
+
+    def sampler() -> None:
+        # Memory and socket owners at 10 Hz (an ss call costs a few ms of CPU).
+        while not sampling.wait(SAMPLE_EVERY):
+            for c in list(children):
+                c.sample()
+            counter.sample({c.pid for c in children})
+
+    counter.start()
+    sampler_thread = threading.Thread(target=sampler, daemon=True)
+    sampler_thread.start()
+    try:
+        try:
+            tracker = LocalTracker(work / f"{tag}tracker", load_metainfo(plain_torrent).info_hash, plain_torrent)
+        except (OSError, RuntimeError) as exc:
+            raise CaseFailed(f"no tracker: {exc}") from exc
+        res.tracker = tracker.kind
+        torrent = work / f"{tag}swarm.torrent"
+        torrent_with_tracker(plain_torrent, torrent, tracker.url)
+        seed = with_debug_log(seeder_cmd(seed_impl, torrent, seed_dir, None, ctx.lt_preset, enc), seed_impl, work,
+                              f"{tag}seeder")  # fmt: skip
+        seeder = Child("seeder", seed_impl, seed, work, tag)
+        children.append(seeder)
+        ready_deadline = time.perf_counter() + 60 + size / 50e6
+        seeder.wait_for(lambda d: d.get("event") == "listening", ready_deadline, "listening line")
+        seeder.wait_for(
+            lambda d: d.get("event") == "status" and d.get("state") == "seeding", ready_deadline, "seeding state"
+        )
+        res.seeder_ready = time.perf_counter() - seeder.started
+        # The leechers must find the seeder in the tracker's first answer.
+        announce_deadline = time.monotonic() + 30
+        while True:
+            try:
+                if tracker.seeders() >= 1:
+                    break
+            except (OSError, ValueError):
+                pass  # asked again until the deadline
+            if time.monotonic() > announce_deadline:
+                raise CaseFailed(f"{seed_impl} seeder never announced to the {tracker.kind}")
+            if seeder.exited():
+                raise CaseFailed(f"{seed_impl} seeder exited before announcing: {seeder.stderr_tail()}")
+            time.sleep(0.05)
+        cpu0 = proc_cpu(seeder.pid) or (0.0, 0.0, 0)
+        leechers: list[Child] = []
+        for i, impl in enumerate(impls):
+            shutil.rmtree(outs[i], ignore_errors=True)
+            outs[i].mkdir()
+        for i, impl in enumerate(impls):
+            cmd = leecher_cmd(impl, torrent, outs[i], None, None, ctx.lt_preset, enc, stay=True)
+            child = Child("leecher", impl, with_debug_log(cmd, impl, work, f"{tag}{i}-leecher"), work, f"{tag}{i}-")
+            children.append(child)
+            leechers.append(child)
+        t0 = min(c.started for c in leechers)
+        deadline = t0 + ctx.timeout
+        while not all(c.complete_at is not None for c in leechers):
+            for i, c in enumerate(leechers):
+                if c.complete_at is None and c.exited():
+                    c._reader.join(1)
+                    if c.complete_at is None:
+                        c.reap(1)
+                        raise CaseFailed(
+                            f"{c.impl} leecher #{i} exited ({c.proc.returncode}) before completing: {c.stderr_tail()}"
+                        )
+            if seeder.exited():
+                seeder.reap(1)
+                raise CaseFailed(f"{seed_impl} seeder exited ({seeder.proc.returncode}): {seeder.stderr_tail()}")
+            if time.perf_counter() > deadline:
+                late = []
+                for i, c in enumerate(leechers):
+                    if c.complete_at is None:
+                        last = next((d for _, d in reversed(c.events) if d.get("event") == "status"), {})
+                        late.append(f"#{i} {c.impl} at {last.get('progress', 0):.1%} with {last.get('peers')} peers")
+                st = next((d for _, d in reversed(seeder.events) if d.get("event") == "status"), {})
+                raise CaseFailed(
+                    f"not all leechers complete within {ctx.timeout:.0f} s: {', '.join(late)}; the seeder had "
+                    f"{st.get('peers')} peers (tracker's scrape: {scrape_text(tracker)})"
+                )
+            time.sleep(0.02)
+        cpu1 = proc_cpu(seeder.pid) or (0.0, 0.0, 0)
+        counter.sample({c.pid for c in children})
+        end = max(c.complete_at or 0.0 for c in leechers)
+        res.seconds = end - t0
+        res.mb_s = n * size / res.seconds / 1e6
+        res.seeder_cpu = cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]
+        res.seeder_sys = cpu1[1] - cpu0[1]
+        res.seeder_minflt = cpu1[2] - cpu0[2]
+        for c in leechers:
+            c.stop(grace=10)
+        seeder.stop(grace=10)
+        counter.stop()
+        for c in children:
+            listening = next((d for _, d in c.events if d.get("event") == "listening"), None)
+            if listening is not None:
+                counter.own(int(listening["port"]), c.pid)
+        tracker_port = urllib.parse.urlsplit(tracker.url).port or 0
+        flows, res.unattributed = counter.flows(frozenset({tracker_port})) if counter.available else ({}, 0)
+        leecher_pids = {c.pid for c in leechers}
+        if counter.available:
+            res.seeder_sent = sum(v for (a, b), (v, _) in flows.items() if a == seeder.pid and b in leecher_pids)
+        figures = []
+        for i, c in enumerate(leechers):
+            assert c.complete_at is not None
+            user, sys_, minflt = c.cpu_at_complete or (0.0, 0.0, 0)
+            fig: dict[str, Any] = {
+                "impl": c.impl,
+                "seconds": c.complete_at - c.started,
+                "startup": (c.events[0][0] - c.started) if c.events else 0.0,
+                "mb_s": size / (c.complete_at - c.started) / 1e6,
+                "cpu": user + sys_,
+                "sys": sys_,
+                "startup_cpu": sum((c.cpu_at_listening or (0.0, 0.0, 0))[:2]),
+                "minflt": minflt,
+                "peak_rss": max(c.peak_rss, c.mem_at_complete.get("VmHWM", 0)),
+                "peak_anon": max(c.peak_anon, c.mem_at_complete.get("RssAnon", 0)),
+                "exit": c.proc.returncode,
+            }
+            if counter.available:
+                # What it received, by sender; bytes on the wire (messages included), to the end of the swarm.
+                fig["from_seeder"] = flows.get((seeder.pid, c.pid), (0, 0))[0]
+                fig["from_leechers"] = sum(v for (a, b), (v, _) in flows.items() if b == c.pid and a in leecher_pids)
+                fig["to_leechers"] = sum(v for (a, b), (v, _) in flows.items() if a == c.pid and b in leecher_pids)
+                fig["connections"] = sum(k for (a, b), (_, k) in flows.items() if a == c.pid)
+            figures.append(fig)
+        res.leecher_figures = figures
+        res.mean_mb_s = sum(f["mb_s"] for f in figures) / n
+        res.leecher_cpu = sum(f["cpu"] for f in figures) / n
+        res.leecher_sys = sum(f["sys"] for f in figures) / n
+        res.leecher_minflt = sum(f["minflt"] for f in figures) // n
+        res.leecher_peak_rss = max(f["peak_rss"] for f in figures)
+        res.leecher_peak_anon = max(f["peak_anon"] for f in figures)
+        res.startup = max(f["startup"] for f in figures)
+        res.seeder_peak_rss = seeder.peak_rss
+        res.seeder_peak_anon = seeder.peak_anon
+        for i, c in enumerate(leechers):
+            if c.proc.returncode not in (0, -signal.SIGTERM):
+                raise CaseFailed(f"{c.impl} leecher #{i} exited {c.proc.returncode}: {c.stderr_tail()}")
+        if seeder.proc.returncode not in (0, -signal.SIGTERM):
+            raise CaseFailed(f"{seed_impl} seeder exited {seeder.proc.returncode}: {seeder.stderr_tail()}")
+        if not ctx.no_verify:
+            for i, out in enumerate(outs):
+                try:
+                    check_download(torrent, out)
+                except CaseFailed as exc:
+                    raise CaseFailed(f"leecher #{i} ({impls[i]}): {exc}") from None
+        res.ok = True
+    except CaseFailed as exc:
+        res.error = str(exc)
+    finally:
+        sampling.set()
+        for c in reversed(children):
+            c.stop(grace=5)
+        sampler_thread.join(2)
+        counter.stop()
+        if tracker is not None:
+            tracker.stop()
+        for out in outs:
+            shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def swarm_table(rows: Sequence[SwarmResult], size: int) -> str:
+    gib = size / GiB
+    nw = max([30] + [len(f"{r.seeder} → {r.num_leechers} × {r.leecher}") for r in rows])
+    head = (
+        f"{'case':<4} {'seeder → leechers':<{nw}} {'wall s':>7} {'agg MB/s':>8} {'mean MB/s':>9} {'× (a)':>6} "
+        f"{'leech CPU':>9} {'seed CPU':>9} {'peak RSS MiB':>15} {'seeder sent':>11}"
+    )
+    sub = (
+        f"{'':<4} {'':<{nw}} {'':>7} {'':>8} {'':>9} {'':>6} {'s/GiB':>9} {'s/GiB out':>9} "
+        f"{'leech':>7} {'seed':>7} {'copies':>11}"
+    )
+    lines = [head, sub, "-" * len(head)]
+    for r in rows:
+        name = f"{r.seeder} → {r.num_leechers} × {r.leecher}"
+        if not r.ok:
+            lines.append(f"{r.case:<4} {name:<{nw}} FAILED: {r.error}")
+            continue
+        ratio = f"{r.ratio:5.2f}×" if r.ratio is not None else "     -"
+        sent = r.seeder_sent
+        copies = f"{sent / size:11.2f}" if sent is not None else f"{'-':>11}"
+        # The seeder's CPU per GiB it sent (all the payload copies it uploaded), when ss could count them.
+        seed_per = f"{r.seeder_cpu / (sent / GiB):9.2f}" if sent else f"{r.seeder_cpu / (r.num_leechers * gib):9.2f}"
+        lines.append(
+            f"{r.case:<4} {name:<{nw}} {r.seconds:7.2f} {r.mb_s:8.1f} {r.mean_mb_s:9.1f} {ratio:>6} "
+            f"{r.leecher_cpu / gib:9.2f} {seed_per} {r.leecher_peak_rss / MiB:7.1f} {r.seeder_peak_rss / MiB:7.1f} "
+            f"{copies}"
+        )
+        for i, f in enumerate(r.leecher_figures):
+            detail = (
+                f"     #{i} {f['impl']:<11} {f['seconds']:6.2f} s {f['mb_s']:7.1f} MB/s  CPU {f['cpu'] / gib:5.2f} s/GiB"
+                f" ({f['startup_cpu']:.2f} s to start)  RSS {f['peak_rss'] / MiB:6.1f} MiB"
+            )
+            if "from_seeder" in f:
+                got = f["from_seeder"] + f["from_leechers"]
+                detail += (
+                    f"  in {f['from_seeder'] / MiB:5.1f} seeder + {f['from_leechers'] / MiB:5.1f} leechers = "
+                    f"{got / MiB:5.1f} MiB ({got / size - 1:+5.1%});  out {f['to_leechers'] / MiB:5.1f} MiB to "
+                    f"leechers;  {f['connections']} conn."
+                )
+            lines.append(detail)
+        if r.seeder_sent is not None and r.unattributed > 0.01 * r.num_leechers * size:
+            lines.append(
+                f"     ({r.unattributed / MiB:.1f} MiB went over connections too short-lived to tell whose they "
+                "were: the byte figures above are short by that much)"
+            )
+    return "\n".join(lines)
+
+
+def swarm_targets(best: dict[str, Result]) -> list[tuple[str, bool | None, str]]:
+    label = f"pyowtorrent leechers' aggregate ≥ {TARGET_SWARM_RATIO:.0%} of (a)"
+    r = best.get("b")
+    if r is None or not r.ok or r.ratio is None:
+        return [(label, None, "not measured")]
+    return [(label, r.ratio >= TARGET_SWARM_RATIO, f"{r.ratio:.2f}× (case b)")]
+
+
+def proxy_targets(best: dict[str, Result]) -> list[tuple[str, bool | None, str]]:
+    label = f"pyowtorrent leecher ≥ {TARGET_PROXY_RATIO:.0%} of (a), same proxy"
+    r = best.get("b")
+    if r is None or not r.ok or r.ratio is None:
+        return [(label, None, "not measured")]
+    # Three decimals: two peers that both fill the link differ by noise around 1.00.
+    return [(label, r.ratio >= TARGET_PROXY_RATIO, f"{r.ratio:.3f}× (case b)")]
+
+
+def proxy_lines(rows: Sequence[Result], size: int) -> list[str]:
+    out = []
+    for r in rows:
+        if not isinstance(r, ProxyResult) or not r.ok:
+            continue
+        st = r.proxy
+        share = f"{r.link_share:.0%} of the cap, " if r.link_share is not None else ""
+        out.append(
+            f"  {r.case}: {share}proxy CPU {r.proxy_cpu:.2f} s ({r.proxy_cpu / (size / GiB):.2f} s/GiB), "
+            f"peak RSS {r.proxy_peak_rss / MiB:.1f} MiB, {st.get('connections', '?')} connection(s), "
+            f"largest queue {st.get('max_queued', 0) / MiB:.2f} MiB, chunks released "
+            f"{st.get('mean_late_ms', 0):.2f} ms late on average ({st.get('max_late_ms', 0):.1f} ms at worst)"
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -622,7 +1182,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--piece-length", type=parse_size, default=256 * KiB, help="default 256KiB")
     p.add_argument("--files", type=int, default=4, help="files in the payload; 1 = a single-file torrent (default 4)")
     p.add_argument("--dir", type=Path, default=None, help="where the payload and downloads go (default: $TMPDIR)")
-    p.add_argument("--only", default="abcd", help="cases, e.g. 'ad' or 'a,b' (default: abcd; ratios need a)")
+    p.add_argument(
+        "--only", default=None, help="cases, e.g. 'ad' or 'a,b' (default: abcd, and m with --leechers; ratios need a)"
+    )
+    p.add_argument(
+        "--leechers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="1 (default): one seeder → one leecher, given the seeder's address; N > 1: one seeder and N leechers "
+        "started together, finding one another through a tracker on loopback (opentracker, else pyowtorrent's)",
+    )
+    p.add_argument(
+        "--delay-ms",
+        type=float,
+        default=None,
+        metavar="D",
+        help="put a proxy (benchmarks/_proxy.py, its own process) between leecher and seeder that delays each "
+        "direction by D ms (round trip 2D); one leecher only",
+    )
+    p.add_argument(
+        "--rate-mbit",
+        type=float,
+        default=None,
+        metavar="R",
+        help="the proxy's cap per direction per connection, in Mbit/s (implies the proxy; default: no cap)",
+    )
+    p.add_argument(
+        "--lt-encryption",
+        choices=("off", "default"),
+        default="off",
+        help="libtorrent's MSE/PE: off (default: dials plaintext, accepts both), or libtorrent's own "
+        "defaults, as qBittorrent and Deluge ship (dials encrypted first)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs of each case, interleaved; the fastest is kept")
     p.add_argument("--timeout", type=float, help="seconds per transfer before the case fails (default: 60 + 1 per 2 MB)")
     p.add_argument(
@@ -647,6 +1239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lt-seed", nargs=2, metavar=("TORRENT", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--lt-leech", nargs=2, metavar=("TORRENT", "DIR"), help=argparse.SUPPRESS)
     p.add_argument("--peer", help=argparse.SUPPRESS)
+    p.add_argument("--lt-stay", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
@@ -655,14 +1248,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.lt_seed or args.lt_leech:
         return lt_main(args)
-    cases = [c for c in args.only.lower() if c in CASES]
-    if not cases or any(c not in CASES and c not in ", " for c in args.only.lower()):
-        raise SystemExit(f"--only takes letters among {''.join(CASES)}")
+    if args.leechers < 1:
+        raise SystemExit("--leechers must be at least 1")
+    if args.rate_mbit is not None and args.delay_ms is None:
+        args.delay_ms = 0.0  # a rate cap alone: the proxy without delay
+    if (args.delay_ms is not None and args.delay_ms < 0) or (args.rate_mbit is not None and args.rate_mbit <= 0):
+        raise SystemExit("--delay-ms must be at least 0 and --rate-mbit more than 0")
+    if args.leechers > 1 and args.delay_ms is not None:
+        raise SystemExit("the proxy (--delay-ms, --rate-mbit) is for one leecher: drop --leechers or the proxy")
+    if args.leechers > 1 and args.profile:
+        raise SystemExit("--profile is for one leecher (two peers)")
+    known = SWARM_CASES if args.leechers > 1 else CASES
+    only = args.only if args.only is not None else "".join(known)
+    cases = [c for c in only.lower() if c in known]
+    if not cases or any(c not in known and c not in ", " for c in only.lower()):
+        raise SystemExit(f"--only takes letters among {''.join(known)}")
     cases = sorted(set(cases))
     if args.files < 1 or args.repeat < 1:
         raise SystemExit("--files and --repeat must be at least 1")
     if args.timeout is None:
-        args.timeout = 60 + args.size / 2e6
+        moved = args.size * args.leechers
+        args.timeout = 60 + moved / 2e6
+        if args.rate_mbit:
+            args.timeout += 2 * moved / (args.rate_mbit * 1e6 / 8)
     return in_work_dir(args, "pyowtorrent-swarm-", "peers", lambda root: run(args, root, cases))
 
 
@@ -697,14 +1305,22 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
     seed_dir, meta = seed_payload(args, root, "swarm")
     torrent = root / "swarm.torrent"
 
+    swarm = args.leechers > 1
+    proxied = args.delay_ms is not None
+
     def one(case: str, run_no: int) -> Result:
+        if swarm:
+            seed_impl, kind = SWARM_CASES[case]
+            log(f"case {case} run {run_no + 1}/{args.repeat}: {seed_impl} seeder → {args.leechers} × {kind} leechers")
+            return run_swarm(case, run_no, args, torrent, seed_dir, root, size)
         seed_impl, leech_impl = CASES[case]
-        log(f"case {case} run {run_no + 1}/{args.repeat}: {seed_impl} seeder → {leech_impl} leecher")
+        via = " through the proxy" if proxied else ""
+        log(f"case {case} run {run_no + 1}/{args.repeat}: {seed_impl} seeder → {leech_impl} leecher{via}")
         return run_case(case, run_no, args, torrent, seed_dir, root, size)
 
     results, best = repeat_cases(args, cases, one)
     rows = [best[c] for c in cases]
-    checks = targets(best)
+    checks = swarm_targets(best) if swarm else proxy_targets(best) if proxied else targets(best)
     setup = {
         "payload": f"{human(size)} in {args.files} file{'s' * (args.files > 1)}",
         "size": size,
@@ -714,10 +1330,16 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
         "python": platform.python_version(),
         "libtorrent": __import__("libtorrent").__version__,
         "lt_preset": args.lt_preset,
+        "lt_encryption": args.lt_encryption,
         "repeat": args.repeat,
         "profiled": args.profile,
         "loadavg_1min": os.getloadavg()[0],
     }
+    if swarm:
+        setup["leechers"] = args.leechers
+        setup["tracker"] = next((r.tracker for r in results if isinstance(r, SwarmResult) and r.tracker), "")
+    if proxied:
+        setup["proxy"] = {"delay_ms": args.delay_ms, "rtt_ms": 2 * args.delay_ms, "rate_mbit": args.rate_mbit}
     if args.json:
         doc = {
             "setup": setup,
@@ -727,18 +1349,37 @@ def run(args: argparse.Namespace, root: Path, cases: list[str]) -> int:
         }
         print(json.dumps(doc, indent=2))
     else:
+        enc = "libtorrent's default encryption" if args.lt_encryption == "default" else "libtorrent dials plaintext"
         print(
             f"payload {setup['payload']}, piece length {human(args.piece_length)} ({meta.num_pieces} pieces), "
             f"loopback TCP, {os.cpu_count()} CPUs, Python {setup['python']}, "
-            f"libtorrent {setup['libtorrent']} ({args.lt_preset} settings)"
+            f"libtorrent {setup['libtorrent']} ({args.lt_preset} settings, {enc})"
             + (f", PROFILED ({args.profile}): times are not comparable" if args.profile else "")
         )
-        print(
-            "wall = leecher spawn → verified complete (start: spawn → listening, included); MB = 10^6 bytes; "
-            "× (a) = MB/s / libtorrent→libtorrent's; "
-            f"{'best of ' + str(args.repeat) if args.repeat > 1 else 'one run each'}"
-        )
-        print(table(rows, size))
+        if proxied:
+            cap = f"{args.rate_mbit:g} Mbit/s ({args.rate_mbit / 8:.2f} MB/s)" if args.rate_mbit else "no"
+            print(
+                f"through the delaying proxy: {args.delay_ms:g} ms each way (RTT {2 * args.delay_ms:g} ms), "
+                f"{cap} cap per direction per connection"
+            )
+        if swarm:
+            print(
+                f"{args.leechers} leechers spawned together, peers from the {setup['tracker']} only; wall = first "
+                "leecher's spawn → last one's verified complete; agg = leechers × size / wall; mean = the mean of "
+                "size / each leecher's own wall; MB = 10^6 bytes; × (a) = agg / libtorrent→libtorrent's; "
+                f"{'best of ' + str(args.repeat) if args.repeat > 1 else 'one run each'}"
+            )
+            print(swarm_table([r for r in rows if isinstance(r, SwarmResult)], size))
+        else:
+            print(
+                "wall = leecher spawn → verified complete (start: spawn → listening, included); MB = 10^6 bytes; "
+                "× (a) = MB/s / libtorrent→libtorrent's"
+                + (" through the same proxy" if proxied else "")
+                + f"; {'best of ' + str(args.repeat) if args.repeat > 1 else 'one run each'}"
+            )
+            print(table(rows, size))
+            if proxied:
+                print("\n".join(proxy_lines(rows, size)))
         if args.repeat > 1:
             for c in cases:
                 runs = " ".join(f"{r.seconds:.2f}" if r.ok else "fail" for r in results if r.case == c)
