@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from pyowtorrent.metainfo.layout import BLOCK_SIZE as BLOCK
 from pyowtorrent.strategy.availability import Availability
-from pyowtorrent.strategy.picker import MAX_PRIORITY, Block, PiecePicker
+from pyowtorrent.strategy.picker import ENDGAME_DEPTH, MAX_PRIORITY, Block, PiecePicker
 
 
 def ALL(i: int) -> bool:
@@ -373,6 +373,19 @@ def test_endgame_ends_when_a_block_has_no_request_left() -> None:
     picker.on_request_failed("a", blocks[0])
     assert not picker.in_endgame()
     assert picker.pick("b", ALL, 2) == [blocks[0]] + [blocks[1]]  # fresh first, then end-game
+
+
+def test_in_endgame_a_peer_gets_duplicates_only_while_it_has_few_requests_out() -> None:
+    # Four pieces of four blocks: "a" has all sixteen out, so the picker is in end-game.
+    picker = PiecePicker(4, 4 * BLOCK, 16 * BLOCK, seed=0)
+    a_blocks = picker.pick("a", ALL, 100)
+    assert len(a_blocks) == 16 and picker.in_endgame()
+    b_blocks = picker.pick("b", ALL, 100)
+    assert len(b_blocks) == ENDGAME_DEPTH  # not a whole queue of duplicates
+    assert picker.pick("b", ALL, 100) == []
+    picker.on_block_received("b", b_blocks[0])
+    assert len(picker.pick("b", ALL, 100)) == 1  # room for one more
+    picker._check_invariants()
 
 
 # -- failures --------------------------------------------------------------------------------
