@@ -70,7 +70,7 @@ def test_bench_seed_many_serves_and_verifies_every_block(tmp_path: Path) -> None
     cn = doc["connections"]
     assert cn["handshaken"] == 8 and cn["errors"] == []
     assert cn["served_in_window"] >= 1
-    assert 1 <= cn["peak_unchoked"] <= 5  # four upload slots (one optimistic), and a choke may cross an unchoke
+    assert 1 <= cn["peak_unchoked"] <= 9  # eight upload slots (one optimistic), and a choke may cross an unchoke
     assert doc["bytes"] > 0 and doc["mb_s"] > 0
     lat = doc["latency_ms"]
     assert lat["count"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]

@@ -86,16 +86,27 @@ class PeerSet:
             return
         now = self.clock.now()
         limit = self.services.settings.max_connections_per_torrent
+        connected = self._listen_addresses()
         for addr, not_before in list(self.known.items()):
             if len(self.peers) + len(self.pending) + self.others() >= limit or not self.services.budget.can_connect():
                 return
-            if addr in self.peers or addr in self.pending or addr[0] in self.banned or not_before > now:
+            if addr in connected or addr in self.pending or addr[0] in self.banned or not_before > now:
                 continue
             if self.services.dialer.is_self(addr):
                 del self.known[addr]  # our own listen address, found by dialling it once
                 continue
             self.pending.add(addr)
             self._dials.spawn(self._dial(addr), f"dial {addr}")
+
+    def _listen_addresses(self) -> set[Address]:
+        """Where the connected peers accept connections: a peer that dialled us is known to the
+        tracker by its listen port (its extension handshake's ``p``), not the port it came from."""
+        out = set(self.peers)
+        for p in self.peers.values():
+            handshake = p.extension_handshake
+            if not p.outgoing and handshake is not None and handshake.p:
+                out.add((p.address[0], handshake.p))
+        return out
 
     async def _dial(self, addr: Address) -> None:
         conn = self.new_connection()
@@ -170,6 +181,8 @@ class PeerSet:
         if twin or addr in self.peers:
             log.debug("%s: already connected to %s", self.meta.name, addr)
             link.writer.close()
+            if link.outgoing:
+                self.known[addr] = self.clock.now() + self.services.settings.reconnect_delay  # not every tick
             return
         peer = Peer(self.host, self.clock, link.reader, link.writer, conn, addr, link.outgoing, self.meta.num_pieces)
         try:

@@ -31,7 +31,7 @@ from .receiver import receive
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUR_REQQ", "Peer", "PeerHost", "Uploads"]
+__all__ = ["OUR_REQQ", "HaveBatch", "Peer", "PeerHost", "Uploads"]
 
 # Requests kept in flight: enough to cover this many seconds of the peer's
 # measured rate, so a fast peer (loopback) keeps its pipe full.
@@ -126,7 +126,7 @@ class Peer:
         self.closed = asyncio.Event()
         self.uploads = Uploads(self)
         self._refill = False
-        self._haves: list[int] = []  # pieces to announce (send_have)
+        self.haves = HaveBatch(self)
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing = False
         self.close_reason = ""
@@ -176,30 +176,9 @@ class Peer:
         self.last_sent = self.clock.now()
 
     def send_have(self, index: int) -> None:
-        """Say we have piece ``index``: with the next requests, or within :data:`HAVE_DELAY`.
-
-        A write per have costs a packet each way, and a fast download verifies
-        thousands of pieces a second; nothing needs a have sooner.
-        """
-        if self.closed.is_set():
-            return
-        if not self._haves:
-            asyncio.get_running_loop().call_later(HAVE_DELAY, self._flush_haves)
-        self._haves.append(index)
-
-    def _take_haves(self) -> bytes:
-        if not self._haves:
-            return b""
-        data = b"".join(self.conn.send(ev.Have(i)) for i in self._haves)
-        self._haves.clear()
-        return data
-
-    def _flush_haves(self) -> None:
-        if self._haves and not self.closed.is_set() and not self.writer.is_closing():
-            data = self._take_haves()
-            self.writer.write(data)
-            self.bytes_written += len(data)
-            self.last_sent = self.clock.now()
+        """Say we have piece ``index``: with the next requests, or within :data:`HAVE_DELAY`."""
+        if not self.closed.is_set():
+            self.haves.add(index)
 
     def _close_soon(self, reason: str) -> None:
         if self._closing:
@@ -287,9 +266,11 @@ class Peer:
     def _handle(self, events: list[ev.Event]) -> None:
         host = self.host
         self._refill = False
+        blocks = 0
         for e in events:
             if type(e) is ev.Piece:
                 self._on_piece(e)
+                blocks += 1
             elif type(e) is ev.Have:
                 index = e.index
                 if not self.have[index]:
@@ -357,24 +338,29 @@ class Peer:
             elif type(e) is ev.MetadataRequest or type(e) is ev.MetadataData or type(e) is ev.MetadataReject:
                 host.on_peer_metadata(self, e)
             # Port, Suggest, Extended: nothing to do yet.
+        if blocks:
+            self._blocks_arrived(blocks)
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
             host.fill_requests(self)
 
     def _on_piece(self, e: ev.Piece) -> None:
         block = Block(e.index, e.begin, len(e.block))
-        now = self.clock.now()
         self.outstanding.pop(block, None)
         self.downloaded.add(len(e.block))
+        self.host.on_block(self, block, e.block)
+
+    def _blocks_arrived(self, count: int) -> None:
+        """What the blocks of one read change, once per read rather than per block."""
+        now = self.clock.now()
         self.last_block = now
         self.snubbed = False
         self.conduct.block_received()
-        self.host.on_block(self, block, e.block)
         # Slow start: each block received lets the queue grow until it covers
         # REQUEST_QUEUE_SECONDS of the measured rate.
         rate = self.downloaded.rate(now)
         target = int(rate * REQUEST_QUEUE_SECONDS / BLOCK_SIZE)
-        self.queue_target = max(MIN_QUEUE, min(self.max_queue, max(target, self.queue_target + 1)))
+        self.queue_target = max(MIN_QUEUE, min(self.max_queue, max(target, self.queue_target + count)))
         self._refill = True
 
     def _on_reject(self, block: Block) -> None:
@@ -405,7 +391,7 @@ class Peer:
         now = self.clock.now()
         for b in blocks:
             self.outstanding[b] = now
-        data = self._take_haves() + b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks)
+        data = self.haves.take() + b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks)
         self.writer.write(data)
         self.bytes_written += len(data)
         self.last_sent = now
@@ -415,17 +401,65 @@ class Peer:
             self.send(ev.Cancel(block.index, block.begin, block.length))
 
     def check_timeouts(self, now: float, timeout: float) -> None:
-        """Requests unanswered for ``timeout`` seconds go back to the pool; the peer is snubbed."""
+        """Requests unanswered for ``timeout`` seconds go back to the pool.
+
+        A peer that sent no block at all for that long is snubbed and loses them all; one that
+        sends blocks but skips some (never answers them) loses those, oldest first.
+        """
         if self.outstanding and now - self.last_block > timeout:
             self.snubbed = True
             self.queue_target = MIN_QUEUE
             self._drop_outstanding()
             self.host.fill_requests(self)
+        elif self.outstanding:
+            stale = []
+            for block, asked in self.outstanding.items():  # in the order asked
+                if now - asked <= timeout:
+                    break
+                stale.append(block)
+            for block in stale:
+                del self.outstanding[block]
+                self.host.on_request_failed(self, block)
+            if stale:
+                self.host.fill_requests(self)
         if self.conduct.backoff_over(now):
             self.host.fill_requests(self)
         unsent = self.writer.transport.get_write_buffer_size()
         if self.conduct.writes_seen(now, self.bytes_written - unsent, unsent):
             self._close_soon("stopped reading")
+
+
+class HaveBatch:
+    """One peer's haves waiting to go out, with the next requests or within :data:`HAVE_DELAY`.
+
+    A write per have costs a packet each way, and a fast download verifies
+    thousands of pieces a second; nothing needs a have sooner.
+    """
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.pieces: list[int] = []
+
+    def add(self, index: int) -> None:
+        if not self.pieces:
+            asyncio.get_running_loop().call_later(HAVE_DELAY, self.flush)
+        self.pieces.append(index)
+
+    def take(self) -> bytes:
+        """The haves' bytes, to write first in the next write."""
+        if not self.pieces:
+            return b""
+        data = b"".join(self.peer.conn.send(ev.Have(i)) for i in self.pieces)
+        self.pieces.clear()
+        return data
+
+    def flush(self) -> None:
+        peer = self.peer
+        if self.pieces and not peer.closed.is_set() and not peer.writer.is_closing():
+            data = self.take()
+            peer.writer.write(data)
+            peer.bytes_written += len(data)
+            peer.last_sent = peer.clock.now()
 
 
 class Uploads:

@@ -46,7 +46,7 @@ T = TypeVar("T")
 class TorrentSettings:
     peer_id: bytes
     client_name: str
-    upload_slots: int = 4
+    upload_slots: int = 8
     max_connections_per_torrent: int = 50
     # Incoming connections one address may hold in one torrent: a few clients
     # behind one NAT, not one host holding every slot.

@@ -122,7 +122,7 @@ class Session:
         listen: str | Sequence[str] | None = ("0.0.0.0", "::"),
         port: int = 0,
         peer_id: bytes | None = None,
-        upload_slots: int = 4,
+        upload_slots: int = 8,
         max_connections: int = 200,
         max_connections_per_torrent: int = 50,
         max_connections_per_ip: int = 8,

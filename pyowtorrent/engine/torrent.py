@@ -368,7 +368,7 @@ class Torrent:
             self.resume_data.save()
 
     def _have_flags(self) -> bytearray:
-        return bytearray(1 if self.picker.has(i) else 0 for i in range(self.meta.num_pieces))
+        return bytearray(self.picker.have_flags)
 
 
 def _piece_priorities(meta: Metainfo, file_priorities: Sequence[int] | None) -> list[int]:
