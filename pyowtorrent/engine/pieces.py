@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import mmap
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..errors import StorageError
 from ..metainfo.layout import Layout
@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 __all__ = ["PieceAssembler", "PieceResults"]
 
 # At most this much memory in receive buffers kept for reuse.
-SPARE_BUFFER_BYTES = 64 << 20
+SPARE_BUFFER_BYTES = 32 << 20
+# Pieces whole and waiting to be hashed and written: past this many bytes no more blocks are
+# asked for until the disk catches up (libtorrent's max_queued_disk_bytes), or a leecher fed
+# faster than it hashes holds an ever longer queue of piece buffers in memory.
+MAX_QUEUED_BYTES = 32 << 20
 
 
 class PieceResults(Protocol):
@@ -57,6 +61,13 @@ class PieceAssembler:
         # one would leave its piece neither had nor wanted.
         self.jobs: set[asyncio.Task[Any]] = set()
         self.closed = False
+        self.queued_bytes = 0  # of pieces handed to the disk and not yet done
+        self.on_caught_up: Callable[[], None] = lambda: None  # called when the queue falls back under its bound
+
+    @property
+    def backlogged(self) -> bool:
+        """Too much is waiting for the disk: ask for no more blocks until :attr:`on_caught_up`."""
+        return self.queued_bytes >= MAX_QUEUED_BYTES
 
     def add_block(self, index: int, begin: int, data: bytes | memoryview, sender: PeerIdentity) -> None:
         buf = self._buffers.get(index)
@@ -69,6 +80,7 @@ class PieceAssembler:
         """Every block of ``index`` is in: hash it and, if good, write it (off the loop)."""
         if self.closed:
             return  # stopping: a piece completed now is one in flight, and lost
+        self.queued_bytes += len(self._buffers[index])
         job = asyncio.get_running_loop().create_task(self._finish(index), name=f"piece {index}")
         self.jobs.add(job)
         job.add_done_callback(self.jobs.discard)
@@ -97,7 +109,11 @@ class PieceAssembler:
             for sender, reason in bans:
                 self.results.ban(sender, reason)
         finally:
+            was_backlogged = self.backlogged
+            self.queued_bytes -= len(buf)
             self._give_back(buf)
+            if was_backlogged and not self.backlogged:
+                self.on_caught_up()
 
     def _take_buffer(self, index: int) -> memoryview:
         spare = self._spare.pop() if self._spare else mmap.mmap(-1, self.layout.piece_length)

@@ -65,6 +65,7 @@ class Swarm:
         self.clock = services.clock
         self.picker = picker
         self.priorities = priorities
+        assembler.on_caught_up = self.refill_all
         # The wanted pieces, and every piece, as integers of one 0/1 byte per piece (wants_from).
         self._wanted = int.from_bytes(bytes(1 if p > 0 else 0 for p in priorities), "little")
         self._ones = int.from_bytes(b"\x01" * len(priorities), "little")
@@ -258,7 +259,7 @@ class Swarm:
             self.fill_requests(peer)
 
     def fill_requests(self, peer: Peer) -> None:
-        if peer.closed.is_set() or not peer.am_interested or peer.conduct.backoff_until:
+        if peer.closed.is_set() or not peer.am_interested or peer.conduct.backoff_until or self.assembler.backlogged:
             return
         want = peer.queue_target - len(peer.outstanding)
         if want <= 0 or (peer.outstanding and want < peer.queue_target // REFILL_FRACTION):
