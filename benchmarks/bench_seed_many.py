@@ -454,7 +454,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "connections": args.connections, "depth": args.depth, "pattern": args.pattern,
             "seconds": args.seconds, "warmup": args.warmup, "client_procs": len(clients),
             "seeder": "session" if args.upload_slots is not None else "cli",
-            "upload_slots": args.upload_slots if args.upload_slots is not None else 4,
+            "upload_slots": args.upload_slots if args.upload_slots is not None else default_upload_slots(),
             "python": platform.python_version(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
         },
         "seeder": {
@@ -514,12 +514,22 @@ def _read_doc(proc: subprocess.Popen[str], event: str, timeout: float = 60) -> d
     raise SystemExit(f"no '{event}' from a load-generator process within {timeout} s")
 
 
+def default_upload_slots() -> int:
+    """The session's default upload slots (what the CLI seeder runs with)."""
+    import inspect
+
+    from pyowtorrent.engine.session import Session
+
+    default = inspect.signature(Session).parameters["upload_slots"].default
+    return int(default)
+
+
 def report(doc: dict[str, Any]) -> str:
     s, sd, cl, cn, lat, v = doc["setup"], doc["seeder"], doc["client"], doc["connections"], doc["latency_ms"], doc["verify"]
     who = (
         f"Session(upload_slots={s['upload_slots']}) child (the CLI has no upload-slots option)"
         if s["seeder"] == "session"
-        else "python -m pyowtorrent seed (4 upload slots: 3 regular + 1 optimistic)"
+        else f"python -m pyowtorrent seed ({s['upload_slots']} upload slots, one of them optimistic: the default)"
     )
     pc = doc["per_connection_mb_s"]
     rates = [r for r in sd["reported_upload_rate"] if r is not None]
