@@ -26,6 +26,7 @@ from ..engine.events import (
     TorrentState,
     TorrentStatus,
 )
+from ..engine.loop import run as run_loop
 from ..errors import DownloadTimeout, PyowtorrentError
 from ..metainfo.magnet import parse_magnet
 from ..metainfo.torrent_file import load_metainfo
@@ -113,7 +114,7 @@ def run_tracker(args: argparse.Namespace) -> int:
         return code.get("signal", 0)
 
     try:
-        return asyncio.run(main())
+        return run_loop(main())
     except OSError as exc:
         print(f"error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -217,7 +218,7 @@ def _run(args: argparse.Namespace, seed_only: bool) -> int:
         return outcome.get("signal", 0)
 
     try:
-        return asyncio.run(main())
+        return run_loop(main())
     except PyowtorrentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

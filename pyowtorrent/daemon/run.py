@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..engine.loop import run as run_loop
 from ..config import Config, load_config
 from ..errors import DaemonError, PyowtorrentError
 from .core import Daemon
@@ -141,7 +142,7 @@ def run_process(options: DaemonOptions, say: Callable[[str], None] = lambda line
                 upload_rate_limit=options.upload_limit,
                 max_connections=options.max_connections,
             )
-            return asyncio.run(run_daemon(paths, config, ready=lambda: say("ready")))
+            return run_loop(run_daemon(paths, config, ready=lambda: say("ready")))
         except (PyowtorrentError, OSError) as exc:  # a bad config, a port taken, a log we cannot write
             log.error("cannot run: %s", exc)
             say(f"error: {exc}")
