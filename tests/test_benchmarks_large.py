@@ -8,29 +8,9 @@ on that changed, found here rather than when someone next wants a figure.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
-from .conftest import REPO
-
-BENCHMARKS = REPO / "benchmarks"
-
-
-def run_json(script: str, *args: str, tmp_path: Path) -> dict[str, Any]:
-    """Run a benchmark with ``--json`` in ``tmp_path``; its document (exit status 0 asserted)."""
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args, "--dir", str(tmp_path), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,  # the scripts must not depend on where they are started from
-        timeout=300,  # a hang guard, not a timing
-    )
-    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    doc: dict[str, Any] = json.loads(proc.stdout)
-    return doc
+from .test_benchmarks_smoke import run_json
 
 
 def test_bench_large_measures_startup_memory_and_scaling(tmp_path: Path) -> None:
