@@ -7,6 +7,7 @@ opentracker (Debian's), a real tracker as users run it.  aria2 takes peers on 12
 a tracker, so these run on the host's loopback (Transmission does not: its tests run in a
 network namespace, tests/test_interop_transmission.py).  A client starts once the tracker
 knows the one before it (a scrape says so), so the newcomer's first announce finds it.
+A magnet link is fetched from an aria2 seeder too (aria2 serves BEP 9 metadata).
 """
 
 from __future__ import annotations
@@ -119,6 +120,38 @@ def test_we_download_from_an_aria2_seeder(tmp_path: Path, kind: str, opentracker
                 await wait_for_swarm(url, meta.info_hash, lambda seeders, leechers: seeders + leechers >= 1, "aria2")
                 async with Session(listen="127.0.0.1") as s:
                     leecher = await s.add_torrent(torrent, tmp_path / "leech")
+                    await leecher.wait_done(timeout=120)
+            finally:
+                proc.terminate()
+                await proc.wait()
+
+    asyncio.run(main())
+    assert same_tree(tmp_path / "aria2" / "ds", tmp_path / "leech" / "ds")
+
+
+def test_we_download_a_magnet_link_from_an_aria2_seeder(
+    tmp_path: Path, opentracker: Callable[[bytes], tuple[int, int]]
+) -> None:
+    """aria2 serves the metadata (BEP 9) to a leecher that has only the magnet link, then the data."""
+    make_payload(tmp_path / "aria2" / "ds", SIZES)
+    meta = create_torrent(tmp_path / "aria2" / "ds", piece_length=262144)
+
+    async def main() -> None:
+        async with tracking("opentracker", meta.info_hash, opentracker) as url:
+            torrent = with_tracker(meta, url)
+            (tmp_path / "t.torrent").write_bytes(torrent.to_bytes())
+            proc = await asyncio.create_subprocess_exec(
+                aria2c(), *ARIA2_FLAGS, "--check-integrity=true", "--seed-ratio=0.0",
+                "-d", str(tmp_path / "aria2"), str(tmp_path / "t.torrent"),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                await wait_for_swarm(url, meta.info_hash, lambda seeders, leechers: seeders + leechers >= 1, "aria2")
+                async with Session(listen="127.0.0.1") as s:
+                    magnet = torrent.magnet()
+                    assert "x.pe" not in magnet  # found through the tracker only
+                    leecher = await s.add_magnet(magnet, tmp_path / "leech", timeout=60)
+                    assert leecher.meta.info_bytes == meta.info_bytes
                     await leecher.wait_done(timeout=120)
             finally:
                 proc.terminate()

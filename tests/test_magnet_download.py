@@ -27,6 +27,7 @@ import pytest
 
 import pyowtorrent
 from pyowtorrent.engine.events import TorrentState
+from pyowtorrent.engine.connections import MAX_KNOWN_PEERS
 from pyowtorrent.engine.session import Session, fetched_torrent_file
 from pyowtorrent.errors import MetainfoError, NoPeersError
 from pyowtorrent.metainfo.magnet import Magnet
@@ -36,9 +37,10 @@ from pyowtorrent.wire import LocalProtocolError, PeerConnection, RemoteProtocolE
 from pyowtorrent.wire import events as ev
 from pyowtorrent.wire.handshake import HANDSHAKE_LENGTH
 from pyowtorrent.wire.metadata import METADATA_BLOCK, metadata_pieces
+from pyowtorrent.wire.pex import MAX_PEX_CONTACTS
 
 from .conftest import REPO, free_port
-from .engine_util import make_payload, make_torrent, same_tree
+from .engine_util import make_payload, make_torrent, same_tree, until
 from .lt_util import lt_seeder
 
 DEADLINE = 30.0  # only turns a hang into a failure
@@ -199,6 +201,37 @@ class Liar:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+def test_peers_told_of_by_pex_while_fetching_are_remembered_within_a_bound(tmp_path: Path) -> None:
+    meta, _ = make_torrent(tmp_path, {"a.bin": 1000})
+    contacts = [ev.PexPeer(f"127.1.{i // 250}.{i % 250 + 1}", 1) for i in range(3000)]  # nothing listens there
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        m = meta
+        conn = PeerConnection(m.info_hash, b"-PX0000-pexpexpexpex", m.num_pieces, m.piece_length, m.total_length, pex=True)
+        conn.receive_data(await reader.readexactly(HANDSHAKE_LENGTH))
+        writer.write(conn.handshake_bytes() + conn.send(ev.ExtensionHandshake(m={"ut_pex": 1, "ut_metadata": 3})))
+        conn.receive_data(await reader.read(65536))  # our extension handshake: now ut_pex may be sent
+        for start in range(0, len(contacts), MAX_PEX_CONTACTS):
+            writer.write(conn.send(ev.Pex(added=tuple(contacts[start : start + MAX_PEX_CONTACTS]))))
+        # Then a metadata size: once the fetch knows it, every PEX message before it was taken.
+        writer.write(conn.send(ev.ExtensionHandshake(m={"ut_pex": 1, "ut_metadata": 3}, metadata_size=len(m.info_bytes))))
+        await reader.read()  # until we hang up
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        async with server, Session(listen="127.0.0.1") as leecher:
+            peer = ("127.0.0.1", server.sockets[0].getsockname()[1])
+            adding = asyncio.ensure_future(leecher.add_magnet(Magnet(info_hash=meta.info_hash, peers=(peer,)).uri(), tmp_path))
+            await until(lambda: meta.info_hash in leecher._fetches, what="the fetch to start")
+            fetch = leecher._fetches[meta.info_hash]
+            await until(lambda: fetch.assembler is not None, what="the PEX messages and the metadata size")
+            assert len(fetch.known) == MAX_KNOWN_PEERS  # 3001 addresses were offered
+            adding.cancel()
+            await asyncio.gather(adding, return_exceptions=True)
+
+    asyncio.run(main())
 
 
 def test_a_peer_whose_metadata_fails_the_check_is_dropped_and_the_next_peer_is_asked(tmp_path: Path) -> None:

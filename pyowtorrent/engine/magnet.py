@@ -45,6 +45,7 @@ from ..wire.metadata import (
 from ..wire.pex import PEX_EXTENSION
 from .announcer import AnnounceStats, Announcer
 from .conduct import Conduct, PeerMisbehaved
+from .connections import MAX_KNOWN_PEERS
 from .handshake import PeerLink
 from .metadata import METADATA_ID
 from .net import Address
@@ -263,6 +264,8 @@ class MetadataFetch:
 
     def add_peer(self, host: str, port: int) -> None:
         address = (host, port)
+        if len(self.known) >= MAX_KNOWN_PEERS:
+            return  # trackers and PEX cannot make it remember without bound
         if address not in self.known and address not in self.dropped and 0 < port < 65536:
             self.known[address] = 0.0
             self._connect_more()
@@ -350,6 +353,7 @@ class MetadataFetch:
                 if METADATA_EXTENSION in source.conn.remote_extensions:
                     source.send(ev.MetadataReject(e.piece))  # we have none to give yet
             elif type(e) is ev.Pex:
+                source.conduct.idle_message("ut_pex")  # BEP 11: one a minute; a flood is cut off
                 for peer in e.added:
                     self.add_peer(peer.ip, peer.port)
             elif type(e) is ev.InvalidRequest:
