@@ -169,7 +169,7 @@ class MetadataFetch:
         self.assembler: MetadataAssembler | None = None
         self.metadata = b""  # the verified info dictionary, once in
         self._result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._tasks = Supervisor(f"{name} metadata", self._task_failed)
+        self._tasks = Supervisor(f"{self.name} metadata", self._task_failed)
         self.announcer: Announcer | None = None
         if trackers:
             self.announcer = Announcer(info_hash, self.name, trackers, services, self._announce_stats, self.add_peer)
