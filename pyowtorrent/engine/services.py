@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import random
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Coroutine, Protocol, TypeVar
 
@@ -73,17 +74,79 @@ class Disk(Protocol):
 
 
 class ThreadDisk:
-    """A thread pool: hashlib and file I/O release the GIL, so pieces hash on every core."""
+    """Worker threads: hashlib and file I/O release the GIL, so pieces hash on every core.
+
+    A leecher hands over a job per piece (hash it, write it), a seeder one per
+    block read.  ``run_in_executor`` costs each job a ``concurrent.futures``
+    future (a lock and a condition), a second future chained to it and a
+    wake-up of the loop through its self-pipe; here a job is a tuple on a
+    queue, its result goes straight into the awaited future, and the loop is
+    woken once for every result that finished while it was busy.
+    """
 
     def __init__(self, threads: int) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=threads)
+        self.threads = threads
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._start(loop)
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((future, fn, args))
+        return await future
 
     async def shutdown(self) -> None:
-        # Waiting for the workers must not block the event loop.
-        await asyncio.to_thread(self.executor.shutdown, True)
+        """Finish the jobs queued, then end the threads (without blocking the event loop)."""
+        workers, self._workers, self._loop = self._workers, [], None
+        for _ in workers:
+            self._jobs.put(None)
+        for w in workers:
+            await asyncio.to_thread(w.join)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None:
+            raise RuntimeError("a ThreadDisk serves one event loop")
+        self._loop = loop
+        for n in range(self.threads):
+            # Daemon threads: a session never closed must not keep the interpreter from exiting.
+            worker = threading.Thread(target=self._work, args=(loop,), name=f"pyowtorrent-disk-{n}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def _work(self, loop: asyncio.AbstractEventLoop) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            try:
+                outcome: tuple[asyncio.Future[Any], Any, BaseException | None] = (future, fn(*args), None)
+            except BaseException as exc:  # noqa: BLE001 - it is the awaiting task's to raise
+                outcome = (future, None, exc)
+            with self._lock:
+                self._done.append(outcome)
+                first = len(self._done) == 1
+            if first:
+                try:
+                    loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: no one awaits the result any more
+                    pass
+
+    def _deliver(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+        for future, result, exc in done:
+            if future.cancelled():
+                continue
+            if exc is None:
+                future.set_result(result)
+            else:
+                future.set_exception(exc)
+
+
+_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
 class InlineDisk:
