@@ -467,12 +467,21 @@ def picker_run(n: int, args: argparse.Namespace, seed: int) -> Ops:
         ops.add("received", P, "on_block_received", "block", blocks, recv_t)
         ops.add("passed", P, "on_piece_passed", "piece", passed, pass_t)
 
-    # A peer that has nothing we could start: pick scans the whole free list.
+    # A peer that has nothing we could start: its first pick scans the whole free list; the
+    # picker then remembers that it has nothing until it announces a free piece or one is freed.
     ours = bytearray(n)
     for i in range(n):
         if picker.has(i):
             ours[i] = 1  # only pieces we have: nothing to pick
     calls = 50
+
+    def first_scans() -> int:
+        for c in range(calls):
+            if picker.pick(("nothing", c), ours, k):
+                raise AssertionError("picked a piece the peer does not have")
+        for c in range(calls):
+            picker.on_peer_gone(("nothing", c))
+        return calls
 
     def fruitless() -> int:
         for _ in range(calls):
@@ -480,7 +489,19 @@ def picker_run(n: int, args: argparse.Namespace, seed: int) -> Ops:
                 raise AssertionError("picked a piece the peer does not have")
         return calls
 
-    ops.time("pick_nothing", P, "pick, peer has nothing we can start (free-list scan)", "call", fruitless)
+    had = [i for i in range(n) if ours[i]][:calls]
+
+    def have_then_pick() -> int:
+        for i in had:  # a have of a piece we have (not free): it still has nothing to start
+            picker.peer_have(i, "nothing")
+            if picker.pick("nothing", ours, k):
+                raise AssertionError("picked a piece the peer does not have")
+        return len(had)
+
+    ops.time("pick_nothing_first", P, "pick, peer has nothing we can start: first (free-list scan)", "call", first_scans)
+    fruitless()  # the scan that makes the picker remember
+    ops.time("pick_nothing", P, "pick again, peer has nothing we can start (remembered)", "call", fruitless)
+    ops.time("pick_nothing_have", P, "have of a piece not free + pick, peer has nothing to start", "message", have_then_pick)
     return ops
 
 

@@ -32,6 +32,7 @@ def test_bench_large_measures_startup_memory_and_scaling(tmp_path: Path) -> None
     rows = {r["key"]: r for r in doc["scaling"]}
     expected = {
         "baseline", "bitfield", "have", "pick_early", "pick_late", "received", "passed", "join", "leave", "pick_nothing",
+        "pick_nothing_first", "pick_nothing_have",
         "e_bitfield", "e_have", "e_have_pick", "e_passed", "e_greet", "e_have_flags", "e_have_stuck", "e_wants_from",
     }  # fmt: skip
     assert expected <= set(rows), expected - set(rows)

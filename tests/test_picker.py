@@ -13,7 +13,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from pyowtorrent.metainfo.layout import BLOCK_SIZE as BLOCK
 from pyowtorrent.strategy.availability import Availability
-from pyowtorrent.strategy.picker import ENDGAME_DEPTH, MAX_PRIORITY, Block, PiecePicker
+from pyowtorrent.strategy.picker import (
+    DEFAULT_PRIORITY,
+    ENDGAME_DEPTH,
+    MAX_PRIORITY,
+    Block,
+    PiecePicker,
+    check_invariants,
+)
 
 
 def ALL(i: int) -> bool:
@@ -48,7 +55,7 @@ def test_rarest_first_picks_pieces_in_ascending_availability() -> None:
     order = pick_one_by_one(picker)
     assert sorted(order) == list(range(12))
     assert [counts[i] for i in order] == sorted(counts)
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_ties_are_broken_the_same_way_under_one_seed_and_differently_under_another() -> None:
@@ -75,7 +82,7 @@ def test_a_seed_gives_the_same_picks_from_one_version_to_the_next() -> None:
     picker.on_peer_gone("a")  # every piece goes back to a random place in its bucket
     second = [(b.index, b.begin // BLOCK) for b in picker.pick("b", lambda i: i < 20, 12)]
     assert second == [(6, 0), (6, 1), (0, 0), (0, 1), (12, 0), (12, 1), (18, 0), (18, 1), (15, 0), (15, 1), (9, 0), (9, 1)]
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_pick_only_offers_pieces_the_peer_has() -> None:
@@ -101,7 +108,7 @@ def test_availability_counts_have_bitfield_have_all_and_lost() -> None:
     picker.peer_lost(b"\x01\x00\x01\x01")
     picker.peer_lost(None, is_seed=True)
     assert [picker.availability(i) for i in range(4)] == [1, 1, 1, 0]
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_losing_pieces_no_peer_had_is_refused_and_changes_nothing() -> None:
@@ -114,7 +121,7 @@ def test_losing_pieces_no_peer_had_is_refused_and_changes_nothing() -> None:
         assert [picker.availability(i) for i in range(4)] == [1, 1, 0, 0]
         with pytest.raises(ValueError):
             picker.peer_lost(None, is_seed=True)
-        picker._check_invariants()
+        check_invariants(picker)
 
 
 def test_a_bitfield_of_the_wrong_length_is_refused() -> None:
@@ -151,18 +158,18 @@ def test_the_invariant_check_covers_the_buckets_and_the_started_pieces() -> None
     picker = PiecePicker(4, 2 * BLOCK, 8 * BLOCK, seed=0)
     set_availability(picker, [2, 1, 0, 1])
     picker.pick("a", ALL, 1)
-    picker._check_invariants()
+    check_invariants(picker)
     counts = picker._availability
     free = counts.levels[4].order
     counts._avail[free[0]] += 1  # a count that disagrees with the piece's bucket
     with pytest.raises(AssertionError):
-        picker._check_invariants()
+        check_invariants(picker)
     counts._avail[free[0]] -= 1
-    picker._check_invariants()
+    check_invariants(picker)
     (piece,) = picker._partial.values()
     piece.unrequested += 1  # a block counted as free that is not
     with pytest.raises(AssertionError):
-        picker._check_invariants()
+        check_invariants(picker)
 
 
 class AvailabilityModel(RuleBasedStateMachine):
@@ -239,7 +246,7 @@ class AvailabilityModel(RuleBasedStateMachine):
     @rule()
     def check_structure(self) -> None:
         # sorts the arrays if a bulk update left them dirty, so not run after every step
-        self.picker._check_invariants()
+        check_invariants(self.picker)
 
     @invariant()
     def availability_matches_the_model(self) -> None:
@@ -270,7 +277,7 @@ def test_a_peer_resumes_the_partial_piece_it_contributed_to() -> None:
     # piece 0 is the older partial, but b started piece 1
     assert {b.index for b in picker.pick("b", ALL, 2)} == {1}
     assert {b.index for b in picker.pick("a", ALL, 2)} == {0}
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_priority_zero_is_never_picked_and_higher_priorities_come_first() -> None:
@@ -284,7 +291,7 @@ def test_priority_zero_is_never_picked_and_higher_priorities_come_first() -> Non
         picker.on_piece_passed(i)
     assert picker.is_finished() and picker.num_have() == 4
     assert not picker.has(0) and not picker.has(4)
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_priorities_are_validated() -> None:
@@ -302,7 +309,7 @@ def test_unwanted_pieces_do_not_accept_unsolicited_blocks() -> None:
     assert picker.on_block_received("p", Block(0, 0, BLOCK)) == (False, [])
     # an unsolicited block of a wanted piece is kept
     assert picker.on_block_received("p", Block(1, 0, BLOCK)) == (True, [])
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_sequential_mode_picks_the_lowest_index_first() -> None:
@@ -353,7 +360,7 @@ def test_endgame_hands_out_other_peers_blocks_and_names_them_for_cancel() -> Non
     assert picker.on_block_received("a", target) == (False, [])
     assert picker.on_block_received("b", target) == (False, [])
     assert picker.num_outstanding("a") == 3 and picker.num_outstanding("c") == 1
-    picker._check_invariants()
+    check_invariants(picker)
 
     done, cancel = picker.on_block_received("a", Block(1, BLOCK, BLOCK))
     assert done and sorted(map(str, cancel)) == ["b", "c"]
@@ -363,7 +370,7 @@ def test_endgame_hands_out_other_peers_blocks_and_names_them_for_cancel() -> Non
     picker.on_piece_passed(0)
     assert picker.is_finished() and not picker.in_endgame()
     assert all(picker.num_outstanding(p) == 0 for p in "abcd")
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_endgame_ends_when_a_block_has_no_request_left() -> None:
@@ -385,10 +392,101 @@ def test_in_endgame_a_peer_gets_duplicates_only_while_it_has_few_requests_out() 
     assert picker.pick("b", ALL, 100) == []
     picker.on_block_received("b", b_blocks[0])
     assert len(picker.pick("b", ALL, 100)) == 1  # room for one more
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 # -- failures --------------------------------------------------------------------------------
+
+
+class CountingHas:
+    """A peer's pieces, counting how often the picker looks at one."""
+
+    def __init__(self, pieces: set[int]) -> None:
+        self.pieces = pieces
+        self.looks = 0
+
+    def __call__(self, i: int) -> bool:
+        self.looks += 1
+        return i in self.pieces
+
+
+def barren_picker() -> tuple[PiecePicker, CountingHas, int]:
+    """100 one-block pieces; peer "a", a seed, has two of them out; peer "b" has only those two."""
+    picker = one_block_pieces(100)
+    picker.peer_have_all("a")
+    started = [b.index for b in picker.pick("a", ALL, 2)]
+    has_b = CountingHas(set(started))
+    picker.peer_bitfield(bytes(i in has_b.pieces for i in range(100)), "b")
+    return picker, has_b, started[0]
+
+
+def test_a_peer_with_nothing_to_start_is_scanned_once_not_at_every_pick() -> None:
+    picker, has_b, _ = barren_picker()
+    assert picker.pick("b", has_b, 4) == []
+    first = has_b.looks
+    assert first >= 98  # every free piece was looked at
+    for _ in range(10):
+        assert picker.pick("b", has_b, 4) == []
+    assert has_b.looks - first <= 2 * 10  # the two started pieces each time, never the free list
+
+
+def test_a_have_of_a_piece_that_is_not_free_leaves_a_peer_with_nothing_to_start_unscanned() -> None:
+    picker, has_b, _ = barren_picker()
+    assert picker.pick("b", has_b, 4) == []
+    looks = has_b.looks
+    started = [b.index for b in picker.pick("a", ALL, 1)]  # another piece is started, then "b" gets it
+    has_b.pieces.update(started)
+    picker.peer_have(started[0], "b")
+    assert picker.pick("b", has_b, 4) == []
+    assert has_b.looks - looks <= 3  # the started pieces, not the free list
+
+
+def test_a_peer_asked_with_only_some_of_its_pieces_is_still_scanned_with_all_of_them() -> None:
+    # As a leecher asks a peer that chokes it for its allowed-fast pieces only.
+    picker, has_b, _ = barren_picker()
+    free = next(i for i in range(100) if i not in has_b.pieces)
+    has_b.pieces.add(free)
+    picker.peer_have(free, "b")
+    assert picker.pick("b", lambda i: False, 4) == []
+    assert [b.index for b in picker.pick("b", has_b, 4)] == [free]
+
+
+@pytest.mark.parametrize("how", ["have", "bitfield", "have all", "a have of an unnamed peer"])
+def test_a_peer_with_nothing_to_start_is_scanned_again_once_it_announces_more(how: str) -> None:
+    picker, has_b, _ = barren_picker()
+    assert picker.pick("b", has_b, 4) == []
+    free = next(i for i in range(100) if i not in has_b.pieces)
+    has_b.pieces.add(free)
+    if how == "have":
+        picker.peer_have(free, "b")
+    elif how == "bitfield":
+        picker.peer_bitfield(bytes(i in has_b.pieces for i in range(100)), "b")
+    elif how == "have all":
+        has_b.pieces.update(range(100))
+        picker.peer_have_all("b")
+    else:
+        picker.peer_have(free)
+    assert free in [b.index for b in picker.pick("b", has_b, 100)]
+
+
+@pytest.mark.parametrize("how", ["request failed", "peer gone", "hash failed", "priorities"])
+def test_a_peer_with_nothing_to_start_is_scanned_again_once_a_piece_it_has_is_free_again(how: str) -> None:
+    picker, has_b, piece = barren_picker()
+    assert picker.pick("b", has_b, 4) == []
+    if how == "request failed":
+        picker.on_request_failed("a", Block(piece, 0, BLOCK))
+    elif how == "peer gone":
+        picker.on_peer_gone("a")
+    elif how == "hash failed":
+        picker.on_block_received("a", Block(piece, 0, BLOCK))
+        picker.on_piece_failed(piece)
+    else:  # the pieces "b" has were unwanted, then wanted again
+        picker.set_piece_priorities([0 if i in has_b.pieces else DEFAULT_PRIORITY for i in range(100)])
+        picker.on_peer_gone("a")
+        assert picker.pick("b", has_b, 4) == []  # nothing wanted to start, again
+        picker.set_piece_priorities([DEFAULT_PRIORITY] * 100)
+    assert piece in [b.index for b in picker.pick("b", has_b, 4)]
+    check_invariants(picker)
 
 
 def test_a_failed_request_puts_the_block_back() -> None:
@@ -398,7 +496,7 @@ def test_a_failed_request_puts_the_block_back() -> None:
     picker.on_request_failed("b", blocks[0])  # not b's request: nothing happens
     assert picker.num_outstanding("a") == 1
     assert picker.pick("b", ALL, 1) == [blocks[1]]
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_a_gone_peer_gives_back_every_outstanding_block() -> None:
@@ -408,7 +506,7 @@ def test_a_gone_peer_gives_back_every_outstanding_block() -> None:
     picker.on_block_received("a", blocks[0])
     picker.on_peer_gone("a")
     assert picker.num_outstanding("a") == 0
-    picker._check_invariants()
+    check_invariants(picker)
     again = picker.pick("b", ALL, 12)
     assert set(blocks[1:]) <= set(again) and blocks[0] not in again
     assert len(again) == 11
@@ -429,7 +527,7 @@ def test_a_hash_failure_downloads_every_block_of_the_piece_again() -> None:
     assert done
     picker.on_piece_passed(0)
     assert picker.has(0)
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_a_duplicate_block_changes_nothing() -> None:
@@ -444,7 +542,7 @@ def test_a_duplicate_block_changes_nothing() -> None:
     picker.on_piece_passed(0)
     assert picker.on_block_received("a", b1) == (False, [])
     assert picker.is_finished()
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_events_for_unknown_requests_and_pieces_are_ignored() -> None:
@@ -454,7 +552,7 @@ def test_events_for_unknown_requests_and_pieces_are_ignored() -> None:
     picker.on_request_failed("a", Block(1, 0, BLOCK))
     picker.on_peer_gone("nobody")
     assert sorted(pick_one_by_one(picker)) == [0, 1, 2]
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_pieces_known_from_resume_data_are_not_picked() -> None:
@@ -508,8 +606,8 @@ def simulate(seed: int, num_pieces: int, blocks_per_piece: int, num_peers: int, 
     picker = PiecePicker(num_pieces, piece_length, total, seed=seed)
     bits = {p: bytearray(rng.random() < rng.random() for _ in range(num_pieces)) for p in range(num_peers)}
     missing = [i for i in range(num_pieces) if not any(b[i] for b in bits.values())]
-    for peer_bits in bits.values():
-        picker.peer_bitfield(peer_bits)
+    for p, peer_bits in bits.items():
+        picker.peer_bitfield(peer_bits, p)
     queues: dict[int, list[Block]] = {p: [] for p in bits}
     in_flight: dict[Block, set[int]] = {}
     duplicated: set[Block] = set()  # requested from two peers at once: only in end-game
@@ -522,7 +620,7 @@ def simulate(seed: int, num_pieces: int, blocks_per_piece: int, num_peers: int, 
             i = missing.pop()
             p = rng.randrange(num_peers)
             bits[p][i] = 1
-            picker.peer_have(i)
+            picker.peer_have(i, p)
         for p in bits:
             action = rng.random()
             queue = queues[p]
@@ -572,13 +670,15 @@ def simulate(seed: int, num_pieces: int, blocks_per_piece: int, num_peers: int, 
                 for block in queue:
                     in_flight[block].discard(p)
                 queue.clear()
-                picker.peer_bitfield(bits[p])
+                picker.peer_bitfield(bits[p], p)
         if rng.random() < 0.1:
-            picker._check_invariants()
+            check_invariants(picker)
+            for p in picker._barren:  # a peer no longer scanned for a piece to start has none
+                assert not any(bits[p][i] and picker._availability.is_free(i) for i in range(num_pieces)), p
     assert picker.is_finished(), "the download did not complete"
     assert picker.num_have() == passed == num_pieces
     assert not any(picker.num_outstanding(p) for p in bits)
-    picker._check_invariants()
+    check_invariants(picker)
     assert sum(b.length for b in deliveries) == total
     once = [n == 1 for b, n in deliveries.items() if b not in duplicated]
     assert all(once), "a block requested once arrived twice"

@@ -30,7 +30,7 @@ from pyowtorrent.metainfo.bencoding import Bencached, encode
 from pyowtorrent.metainfo.layout import BLOCK_SIZE
 from pyowtorrent.metainfo.torrent_file import Metainfo, parse_metainfo
 from pyowtorrent.storage.create import create_torrent
-from pyowtorrent.strategy.picker import Block, PiecePicker
+from pyowtorrent.strategy.picker import Block, PiecePicker, check_invariants
 
 from .engine_util import make_payload, same_tree, until
 from .lt_util import lt_make_torrent, lt_session
@@ -52,7 +52,7 @@ def test_a_run_is_whole_pieces_in_a_row_and_goes_on_from_where_the_last_one_ende
     # What is left goes to a peer; the runs' pieces are the web seed's.
     left = picker.pick("peer", lambda i: True, 4)
     assert {(b.index, b.begin) for b in left} == {(i, o) for i in (0, 1) for o in (0, BLOCK_SIZE)}
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_a_new_run_starts_at_the_start_of_its_gap() -> None:
@@ -63,14 +63,14 @@ def test_a_new_run_starts_at_the_start_of_its_gap() -> None:
     while run := picker.pick_run("ws", 2):
         starts.append(run[0].index)
     assert sorted(starts) == [0, 2, 4, 6, 9, 11]  # gaps 0-2, 4-7, 9-11 filled from their starts
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_a_run_stops_at_a_piece_someone_else_has_started() -> None:
     picker = PiecePicker(8, BLOCK_SIZE, 8 * BLOCK_SIZE, seed=1)
     picker.pick("peer", lambda i: i == 4, 1)
     assert [b.index for b in picker.pick_run("ws", 100, prefer=1)] == [1, 2, 3]
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_a_run_given_up_midway_is_taken_up_again_from_its_first_missing_block() -> None:
@@ -83,7 +83,7 @@ def test_a_run_given_up_midway_is_taken_up_again_from_its_first_missing_block() 
     assert [(b.index, b.begin // BLOCK_SIZE) for b in again] == [(0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0),
                                                                   (2, 1), (2, 2), (2, 3), (3, 0), (3, 1), (3, 2),
                                                                   (3, 3)]
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 def test_in_end_game_a_run_takes_blocks_a_peer_has_out_and_the_peer_gets_a_cancel() -> None:
@@ -95,7 +95,7 @@ def test_in_end_game_a_run_takes_blocks_a_peer_has_out_and_the_peer_gets_a_cance
     assert picker.pick_run("ws", 100) == []  # nothing it has not asked for
     done, cancel = picker.on_block_received("ws", first[0])
     assert cancel == ["slow peer"] and not done
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 @dataclass
@@ -147,9 +147,9 @@ def _simulate(seed: int, num_pieces: int, blocks_per_piece: int, n_peers: int, n
                     out[b].discard(s.name)
                 s.queue.clear()
         if rng.random() < 0.1:
-            picker._check_invariants()
+            check_invariants(picker)
     assert picker.is_finished()
-    picker._check_invariants()
+    check_invariants(picker)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -683,6 +683,32 @@ def requesting(*keys: tuple[int, int, int], fast: bool = True) -> PeerConnection
     return conn
 
 
+@given(st.lists(blocks(), max_size=20), st.booleans())
+def test_send_requests_gives_the_bytes_and_records_of_one_send_per_request(keys: list[tuple[int, int, int]], fast: bool) -> None:
+    one_by_one, batched = requesting(fast=fast), requesting(fast=fast)
+    expected = b"".join(one_by_one.send(Request(*key)) for key in keys)
+    assert batched.send_requests(keys) == expected
+    # The pieces answering them are taken alike on both, and one not asked for dropped alike.
+    unasked = [(1, 0, BLOCK)] if (1, 0, BLOCK) not in keys else []
+    answers = b"".join(piece_frame(i, b, bytes(n)) for i, b, n in [*keys, *unasked])
+    assert [comparable(e) for e in batched.receive_data(answers)] == [
+        comparable(e) for e in one_by_one.receive_data(answers)
+    ]
+
+
+@pytest.mark.parametrize("key", [(NUM_PIECES, 0, BLOCK), (0, 0, BLOCK + 1), (NUM_PIECES - 1, BLOCK, BLOCK), (0, 0, 0)])
+def test_send_requests_refuses_a_request_outside_the_torrent(key: tuple[int, int, int]) -> None:
+    with pytest.raises(LocalProtocolError):
+        requesting().send_requests([(0, 0, BLOCK), key])
+
+
+def test_send_requests_before_both_handshakes_or_before_the_bitfield_is_refused_as_send_is() -> None:
+    with pytest.raises(LocalProtocolError):
+        connection().send_requests([(0, 0, BLOCK)])
+    with pytest.raises(LocalProtocolError, match="first"):
+        connected().send_requests([(0, 0, BLOCK)])  # the fast extension: have-none or a bitfield first
+
+
 @pytest.mark.parametrize("block", [(1, 0, BLOCK), (1, BLOCK, BLOCK), (NUM_PIECES - 1, 0, LAST_PIECE)])
 def test_a_piece_in_range_we_did_not_request_is_dropped_and_reported_without_its_bytes(
     block: tuple[int, int, int],

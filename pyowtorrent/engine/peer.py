@@ -391,7 +391,7 @@ class Peer:
         now = self.clock.now()
         for b in blocks:
             self.outstanding[b] = now
-        data = self.haves.take() + b"".join(self.conn.send(ev.Request(b.index, b.begin, b.length)) for b in blocks)
+        data = self.haves.take() + self.conn.send_requests(blocks)  # a Block is an (index, begin, length)
         self.writer.write(data)
         self.bytes_written += len(data)
         self.last_sent = now

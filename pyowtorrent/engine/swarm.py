@@ -121,12 +121,13 @@ class Swarm:
 
     def take_block(self, source: Hashable, sender: PeerIdentity, block: Block, data: bytes | memoryview) -> bool:
         """A block from a peer or a web seed: into its piece's buffer, and the piece hashed once whole."""
-        if not self.picker.wants_block(block):
+        taken = self.picker.take_block(source, block)
+        if taken is None:
             return False  # a late duplicate (end-game), or a piece we have
         self.downloaded_bytes += len(data)
         self.download_meter.add(len(data))
         self.assembler.add_block(block.index, block.begin, data, sender)
-        complete, others = self.picker.on_block_received(source, block)
+        complete, others = taken
         for other in others:
             if isinstance(other, Peer):
                 other.cancel(block)
@@ -173,9 +174,9 @@ class Swarm:
             self.picker.peer_lost(previous)
         if peer.num_have == self.meta.num_pieces:
             peer.is_seed = True
-            self.picker.peer_have_all()
+            self.picker.peer_have_all(peer)
         elif peer.num_have:
-            self.picker.peer_bitfield(peer.have)
+            self.picker.peer_bitfield(peer.have, peer)
         self.update_interest(peer)
 
     def on_peer_have(self, peer: Peer, index: int) -> None:
@@ -185,9 +186,9 @@ class Swarm:
             self.picker.peer_lost(peer.have, False)
             peer.have[index] = 1
             peer.is_seed = True
-            self.picker.peer_have_all()
+            self.picker.peer_have_all(peer)
         else:
-            self.picker.peer_have(index)
+            self.picker.peer_have(index, peer)
         if not peer.am_interested and not self.picker.has(index) and self.priorities[index] > 0:
             peer.send_interest(True)
         self.fill_requests(peer)

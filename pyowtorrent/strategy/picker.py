@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..metainfo.layout import BLOCK_SIZE
 from .availability import DEFAULT_PRIORITY, MAX_PRIORITY, Availability, Bits, index_error
@@ -41,6 +41,7 @@ __all__ = [
     "Block",
     "PeerHas",
     "PiecePicker",
+    "check_invariants",
 ]
 
 PeerHas = Callable[[int], object] | Bits
@@ -52,9 +53,11 @@ _FREE, _REQUESTED, _RECEIVED = 0, 1, 2
 ENDGAME_DEPTH = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    index: int
+class Block(NamedTuple):
+    """A block: ``length`` bytes at ``begin`` in piece ``index``.  A tuple, because a leecher makes,
+    hashes and compares one per 16 KiB received: a frozen dataclass did each in Python code."""
+
+    index: int  # type: ignore[assignment]  # hides tuple.index(), which no one asks of a block
     begin: int
     length: int
 
@@ -169,6 +172,8 @@ class PiecePicker:
         self._partial: dict[int, _Piece] = {}
         self._open: dict[int, None] = {}  # partial pieces with unrequested blocks, oldest first
         self._outstanding: dict[Hashable, set[tuple[int, int]]] = {}  # peer -> {(piece, block)}
+        # Peer -> the pieces a scan of every free piece found none in: not scanned again until they change.
+        self._barren: dict[Hashable, PeerHas] = {}
         self._sequential = False
 
     # -- our own pieces -------------------------------------------------
@@ -201,21 +206,25 @@ class PiecePicker:
 
     # -- availability -----------------------------------------------------
 
-    def peer_have(self, index: int) -> None:
-        """A peer announced ``index``: O(1)."""
+    def peer_have(self, index: int, peer: Hashable | None = None) -> None:
+        """``peer`` (as :meth:`pick` knows it; else every peer is rescanned) announced ``index``: O(1)."""
         self._availability.add_have(index)
+        if peer is None or self._availability.is_free(index):  # else it still has no free piece
+            self._gained(peer)
 
-    def peer_bitfield(self, have: Bits) -> None:
+    def peer_bitfield(self, have: Bits, peer: Hashable | None = None) -> None:
         """A peer's pieces, one 0/1 item per piece (see :func:`~pyowtorrent.wire.bitfield.bitfield_flags`).
 
         A peer whose bitfield is full is better reported with
         :meth:`peer_have_all`: it then costs nothing here.
         """
         self._availability.add_peer(have)
+        self._gained(peer)
 
-    def peer_have_all(self) -> None:
+    def peer_have_all(self, peer: Hashable | None = None) -> None:
         """A seed (BEP 6 have-all): counted once, not per piece."""
         self._availability.add_seed()
+        self._gained(peer)
 
     def peer_lost(self, have: Bits | None, is_seed: bool = False) -> None:
         """Forget a peer's pieces; ``have`` is everything it had (ignored for a seed)."""
@@ -238,6 +247,7 @@ class PiecePicker:
         """
         free = [i for i in range(self.num_pieces) if not self.have_flags[i] and i not in self._partial]
         self._availability.set_priorities(priorities, free)
+        self._barren.clear()
         self._wanted_missing = sum(1 for p, h in zip(self._availability.priority, self.have_flags) if p and not h)
 
     def set_sequential(self, on: bool) -> None:
@@ -259,8 +269,8 @@ class PiecePicker:
         out: list[Block] = []
         if self._open:
             self._pick_partial(peer, has, count, out)
-        if len(out) < count:
-            self._pick_free(peer, has, count, out)
+        if len(out) < count and self._barren.get(peer) is not peer_has and not self._pick_free(peer, has, count, out):
+            self._barren[peer] = peer_has
         room = ENDGAME_DEPTH - len(self._outstanding.get(peer, ()))
         if len(out) < count and room > 0 and self.in_endgame():
             self._pick_endgame(peer, has, len(out) + min(count - len(out), room), out)
@@ -292,16 +302,15 @@ class PiecePicker:
         return out
 
     def on_block_received(self, peer: Hashable, block: Block) -> tuple[bool, list[Hashable]]:
-        """Record a block's arrival.
+        """:meth:`take_block`, with ``(False, [])`` for a block not wanted."""
+        return self.take_block(peer, block) or (False, [])
 
-        Returns whether its piece is now complete (hash it, then call
-        :meth:`on_piece_passed` or :meth:`on_piece_failed`) and the other peers
-        that still have a request out for the same block, to send Cancel to.
-        A duplicate, unwanted or malformed block changes nothing and returns
-        ``(False, [])``; :meth:`wants_block` tells beforehand.
-        """
+    def take_block(self, peer: Hashable, block: Block) -> tuple[bool, list[Hashable]] | None:
+        """Record a block's arrival: whether its piece is complete (hash it, then :meth:`on_piece_passed`
+        or :meth:`on_piece_failed`) and the other peers with a request out for it, to cancel.  ``None``
+        for a duplicate, unwanted or malformed block, which changes nothing (see :meth:`wants_block`)."""
         if not self.wants_block(block):
-            return False, []
+            return None
         index, bno = block.index, block.begin // BLOCK_SIZE
         piece = self._partial.get(index)
         if piece is None:  # unrequested but welcome: start the piece
@@ -348,6 +357,7 @@ class PiecePicker:
         out = self._outstanding.pop(peer, None)
         for index, bno in sorted(out or ()):
             self._drop_request(peer, index, bno)
+        self._barren.pop(peer, None)
         for piece in self._partial.values():
             piece.peers.discard(peer)
 
@@ -368,14 +378,13 @@ class PiecePicker:
         self._open.pop(index, None)
         self._forget_requests(piece)
         if not self.have_flags[index]:
-            self._availability.put_back(index)
+            self._put_back(index)
 
     def in_endgame(self) -> bool:
         """Every wanted block we lack is requested or received (and some are missing)."""
         if self._wanted_missing == 0 or self._availability.has_free():
             return False
-        prio = self._availability.priority
-        return not any(prio[i] for i in self._open)
+        return not any(map(self._availability.priority.__getitem__, self._open))
 
     # -- picking --------------------------------------------------------------
 
@@ -397,8 +406,9 @@ class PiecePicker:
             if len(out) >= count:
                 return
 
-    def _pick_free(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
-        need = count - len(out)
+    def _pick_free(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> bool:
+        """Start free pieces the peer has; False if it has none of them (all were scanned)."""
+        need = wanted = count - len(out)
         free = self._availability
         levels = free.levels
         for prio in range(MAX_PRIORITY, 0, -1):
@@ -410,7 +420,7 @@ class PiecePicker:
             for i in candidates:
                 if has(i):
                     chosen.append(i)
-                    need -= self._num_blocks(i)
+                    need -= -(-self._piece_size(i) // BLOCK_SIZE)
                     if need <= 0:
                         break
             # started after the scan: starting a piece moves others in the array
@@ -422,7 +432,8 @@ class PiecePicker:
                     if not piece.unrequested:
                         self._open.pop(i, None)
             if need <= 0:
-                return
+                return True
+        return need != wanted
 
     def _pick_endgame(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
         cands: list[tuple[int, int, int]] = []
@@ -448,6 +459,16 @@ class PiecePicker:
         self._open[index] = None
         return piece
 
+    def _gained(self, peer: Hashable | None) -> None:  # it may have a free piece now
+        if peer is None:
+            self._barren.clear()
+        else:
+            self._barren.pop(peer, None)
+
+    def _put_back(self, index: int) -> None:  # free again: any peer may have it
+        self._availability.put_back(index)
+        self._barren.clear()
+
     def _drop_request(self, peer: Hashable, index: int, bno: int) -> None:
         piece = self._partial[index]
         if not piece.release(peer, bno):
@@ -457,7 +478,7 @@ class PiecePicker:
             # nothing of it is here or on the way: back to the rarity order
             del self._partial[index]
             del self._open[index]
-            self._availability.put_back(index)
+            self._put_back(index)
 
     def _forget_requests(self, piece: _Piece) -> None:
         for bno, reqs in piece.requesters.items():
@@ -473,20 +494,18 @@ class PiecePicker:
     def _piece_size(self, index: int) -> int:
         return self._last_length if index == self.num_pieces - 1 else self.piece_length
 
-    def _num_blocks(self, index: int) -> int:
-        return -(-self._piece_size(index) // BLOCK_SIZE)
 
-    def _check_invariants(self) -> None:
-        """Assert the internal structures agree with each other (for tests)."""
-        have, partial, prio = self.have_flags, self._partial, self._availability.priority
-        self._availability.check_invariants(lambda i: not have[i] and i not in partial)
-        wanted_missing = sum(1 for i in range(self.num_pieces) if prio[i] and not have[i])
-        assert self._wanted_missing == wanted_missing
-        assert self._num_have == sum(self.have_flags)
-        requested: set[tuple[Hashable, int, int]] = set()
-        for index, piece in self._partial.items():
-            assert not have[index] and piece.index == index and piece.size == self._piece_size(index)
-            assert (index in self._open) == (piece.unrequested > 0), index
-            requested |= piece.check_invariants()
-        assert set(self._open) <= set(self._partial)
-        assert requested == {(q, i, b) for q, out in self._outstanding.items() for i, b in out}
+def check_invariants(picker: PiecePicker) -> None:
+    """Assert the picker's internal structures agree with each other (for tests)."""
+    have, partial, prio = picker.have_flags, picker._partial, picker._availability.priority
+    picker._availability.check_invariants(lambda i: not have[i] and i not in partial)
+    wanted_missing = sum(1 for i in range(picker.num_pieces) if prio[i] and not have[i])
+    assert picker._wanted_missing == wanted_missing
+    assert picker._num_have == sum(picker.have_flags)
+    requested: set[tuple[Hashable, int, int]] = set()
+    for index, piece in picker._partial.items():
+        assert not have[index] and piece.index == index and piece.size == picker._piece_size(index)
+        assert (index in picker._open) == (piece.unrequested > 0), index
+        requested |= piece.check_invariants()
+    assert set(picker._open) <= set(picker._partial)
+    assert requested == {(q, i, b) for q, out in picker._outstanding.items() for i, b in out}

@@ -62,6 +62,15 @@ class ByteQueue:
         """The next byte, without taking it (size must be at least 1)."""
         return self._chunks[0][self._offset]
 
+    def take_u32(self) -> int:
+        """Remove and return the next 4 bytes as a big-endian integer (size must be at least 4)."""
+        first, start = self._chunks[0], self._offset
+        if start + 4 < len(first):  # read in place: every message starts with one
+            self._offset = start + 4
+            self.size -= 4
+            return int.from_bytes(first[start : start + 4], "big")
+        return int.from_bytes(self.take(4), "big")
+
     def peek(self, n: int) -> bytes:
         """Up to ``n`` of the next bytes, without taking them (for small ``n``)."""
         parts = []
