@@ -513,6 +513,7 @@ class StandIn:
         self.address = (f"10.{k // 65536}.{k // 256 % 256}.{k % 256}", 6881)
         self.have = have
         self.num_have = sum(have)
+        self.wanted = 0  # the swarm keeps it, from the bitfield it is given (on_peer_pieces)
         self.is_seed = False
         self.am_interested = False
         self.peer_choking = choking
@@ -687,7 +688,7 @@ async def engine_run(n: int, args: argparse.Namespace, seed: int) -> Ops:
             stuck.am_interested = True
             stuck.queue_target = 8
             peers_dict[stuck.address] = stuck
-            picker.peer_bitfield(stuck.have)
+            swarm.on_peer_pieces(stuck)  # type: ignore[arg-type]
 
             def stuck_haves() -> int:
                 for i in range(64):
@@ -697,7 +698,7 @@ async def engine_run(n: int, args: argparse.Namespace, seed: int) -> Ops:
                     assert not stuck.outstanding
                 return 64
 
-            ops.time("e_have_stuck", E, "Swarm.on_peer_have, nothing to pick (wants_from)", "message", stuck_haves)
+            ops.time("e_have_stuck", E, "Swarm.on_peer_have, nothing to pick (interest kept)", "message", stuck_haves)
 
             def wants() -> int:
                 for _ in range(20):

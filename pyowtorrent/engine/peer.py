@@ -108,6 +108,7 @@ class Peer:
         self.client = ""
         self.have = bytearray(num_pieces)
         self.num_have = 0
+        self.wanted = 0  # of its pieces, those we want and lack: the host keeps it (interest in O(1))
         self.is_seed = False
         self.outstanding: dict[Block, float] = {}
         self.queue_target = START_QUEUE

@@ -66,7 +66,7 @@ class Swarm:
         self.picker = picker
         self.priorities = priorities
         assembler.on_caught_up = self.refill_all
-        # The wanted pieces, and every piece, as integers of one 0/1 byte per piece (wants_from).
+        # The wanted pieces, and every piece, as integers of one 0/1 byte per piece (_count_wanted).
         self._wanted = int.from_bytes(bytes(1 if p > 0 else 0 for p in priorities), "little")
         self._ones = int.from_bytes(b"\x01" * len(priorities), "little")
         self.storage = storage
@@ -177,6 +177,9 @@ class Swarm:
             self.picker.peer_have_all(peer)
         elif peer.num_have:
             self.picker.peer_bitfield(peer.have, peer)
+        # One 0/1 byte per piece, as integers: the three-way AND and the count run in C.
+        have = int.from_bytes(self.picker.have_flags, "little")
+        peer.wanted = (int.from_bytes(peer.have, "little") & self._wanted & (self._ones ^ have)).bit_count()
         self.update_interest(peer)
 
     def on_peer_have(self, peer: Peer, index: int) -> None:
@@ -189,8 +192,10 @@ class Swarm:
             self.picker.peer_have_all(peer)
         else:
             self.picker.peer_have(index, peer)
-        if not peer.am_interested and not self.picker.has(index) and self.priorities[index] > 0:
-            peer.send_interest(True)
+        if not self.picker.has(index) and self.priorities[index] > 0:
+            peer.wanted += 1
+            if not peer.am_interested:
+                peer.send_interest(True)
         self.fill_requests(peer)
 
     def on_peer_interest(self, peer: Peer) -> None:
@@ -247,11 +252,7 @@ class Swarm:
     # -- requests and interest ---------------------------------------------------
 
     def wants_from(self, peer: Peer) -> bool:
-        if self.picker.is_finished():
-            return False
-        # One 0/1 byte per piece, as integers: the three-way AND runs in C, not a Python loop per piece.
-        have = int.from_bytes(self.picker.have_flags, "little")
-        return int.from_bytes(peer.have, "little") & self._wanted & (self._ones ^ have) != 0
+        return peer.wanted > 0 and not self.picker.is_finished()
 
     def update_interest(self, peer: Peer) -> None:
         wanted = self.wants_from(peer)
@@ -316,8 +317,13 @@ class Swarm:
                 self.fill_requests(p)
 
     def announce_piece(self, index: int) -> None:
+        """We have piece ``index`` now (after the picker was told): peers hear of it, and those
+        that have it offer us one piece fewer."""
+        wanted = self.priorities[index] > 0
         for p in list(self.peers.values()):
             p.send_have(index)
+            if wanted and p.have[index]:
+                p.wanted -= 1
 
     def reconsider_interest(self) -> None:
         for p in list(self.peers.values()):

@@ -121,6 +121,30 @@ def churn_specs(seed: int) -> list[PeerSpec]:
     return specs
 
 
+def test_each_peers_count_of_pieces_we_want_from_it_stays_exact_through_churn() -> None:
+    """Interest is decided from a count per peer (pieces it has that we want and lack), kept up by
+    bitfields, haves and our own completed pieces, not recounted per message: it must never drift."""
+    checks = {"peers": 0}
+
+    async def recount(sim: SwarmSim) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for leecher in sim.leechers:
+                if not leecher.online:
+                    continue
+                t = leecher.torrent
+                for peer in list(t.swarm.peers.values()):
+                    expected = sum(
+                        1 for i in range(sim.meta.num_pieces) if peer.have[i] and t.priorities[i] and not t.have_piece(i)
+                    )
+                    assert peer.wanted == expected, (leecher.spec.name, peer, peer.wanted, expected)
+                    checks["peers"] += 1
+
+    sim = simulate(16 * MiB, churn_specs(7), monitors=[recount])
+    assert checks["peers"] > 1000
+    assert_all_complete_byte_exact(sim, [s.name for s in churn_specs(7) if not s.seed and s.leave_at is None])
+
+
 def test_churn_leechers_joining_and_leaving_throughout_the_stayers_complete() -> None:
     specs = churn_specs(7)
     sim = simulate(16 * MiB, specs)
