@@ -19,11 +19,11 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..daemon.client import AsyncDaemonClient, DaemonClient
 from ..daemon.paths import DaemonPaths, resolve_state_dir
 from .engine import _peer
 
 if TYPE_CHECKING:
+    from ..daemon.client import DaemonClient
     from ..daemon.run import DaemonOptions
 
 
@@ -70,6 +70,13 @@ def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
         p.add_argument("torrent", help="an info-hash, a unique prefix of one (6+ hex digits), a name, or a .torrent file")
         if name == "remove":
             p.add_argument("--delete-data", action="store_true", help="delete the downloaded files too")
+
+
+def _client(paths: DaemonPaths) -> DaemonClient:
+    # Imported here: the client needs aiohttp, which no other command should pay for at start-up.
+    from ..daemon.client import DaemonClient
+
+    return DaemonClient(paths.root)
 
 
 def _paths(args: argparse.Namespace) -> DaemonPaths:
@@ -138,7 +145,7 @@ def _add(args: argparse.Namespace) -> int:
         output = os.path.abspath(os.path.expanduser(args.output))  # ours, not the daemon's working directory
     # Read here, sent as bytes: the daemon never reads a path or fetches a URL on our behalf.
     meta = asyncio.run(resolve_torrent(args.torrent))
-    result = DaemonClient(paths.root).add(meta.to_bytes(), output, seed=args.seed, paused=args.paused, peers=args.peer)
+    result = _client(paths).add(meta.to_bytes(), output, seed=args.seed, paused=args.paused, peers=args.peer)
     if result["added"]:
         print(f"added {meta.name} ({meta.info_hash.hex()}) into {output}")
     else:
@@ -147,19 +154,19 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _pause(args: argparse.Namespace) -> int:
-    doc = DaemonClient(_paths(args).root).pause(args.torrent)
+    doc = _client(_paths(args)).pause(args.torrent)
     print(f"paused {doc['name']} ({doc['info_hash']})")
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
-    doc = DaemonClient(_paths(args).root).resume(args.torrent)
+    doc = _client(_paths(args)).resume(args.torrent)
     print(f"resumed {doc['name']} ({doc['info_hash']}): {doc['state']}")
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
-    doc = DaemonClient(_paths(args).root).remove(args.torrent, delete_data=args.delete_data)
+    doc = _client(_paths(args)).remove(args.torrent, delete_data=args.delete_data)
     print(f"removed {doc['name']} ({doc['info_hash']})" + (" and deleted its data" if doc["deleted_data"] else ""))
     return 0
 
@@ -171,7 +178,7 @@ def _status(args: argparse.Namespace) -> int:
     paths = _paths(args)
     if args.watch:
         return asyncio.run(_watch(paths, args.json))
-    rows = DaemonClient(paths.root).status()
+    rows = _client(paths).status()
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -186,6 +193,8 @@ async def _watch(paths: DaemonPaths, as_json: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tty = sys.stdout.isatty()
+    from ..daemon.client import AsyncDaemonClient
+
     async with AsyncDaemonClient(paths.root) as client:
         while not stop.is_set():
             rows = await client.status()

@@ -22,7 +22,7 @@ from .engine import _stop_on_signals
 
 
 def add_arguments(sub: Any, common: argparse.ArgumentParser) -> None:
-    from ..service.app import DEFAULT_MAX_UPLOAD_SIZE
+    from ..service import DEFAULT_MAX_UPLOAD_SIZE
 
     from . import _size
 

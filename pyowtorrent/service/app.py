@@ -74,6 +74,7 @@ from ..metainfo.magnet import Magnet
 from ..metainfo.torrent_file import Metainfo, load_metainfo
 from ..storage.create import build_metainfo, tracker_tiers
 from ..storage.resume import ResumeData
+from . import DEFAULT_MAX_UPLOAD_SIZE
 from .auth import Access, Tokens
 from .catalog import (
     Catalog,
@@ -117,8 +118,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MAX_UPLOAD_SIZE", "ServiceConfig", "UploadService"]
 
-#: The default cap on one upload: room for the largest datasets OpenWorm ships, with margin.
-DEFAULT_MAX_UPLOAD_SIZE: Final = 64 << 30
 _WILDCARDS: Final = ("", "0.0.0.0", "::")
 # Escaping of a name in a URL path, as libtorrent escapes web seed paths.
 _PATH_SAFE: Final = "!*()"
