@@ -696,6 +696,23 @@ def test_send_requests_gives_the_bytes_and_records_of_one_send_per_request(keys:
     ]
 
 
+@given(st.lists(blocks(), max_size=20), st.booleans())
+def test_send_pieces_gives_the_bytes_of_one_send_per_piece(keys: list[tuple[int, int, int]], fast: bool) -> None:
+    one_by_one, batched = requesting(fast=fast), requesting(fast=fast)
+    pieces = [(i, b, random_bytes(i * 7 + b, n)) for i, b, n in keys]
+    expected = b"".join(one_by_one.send(Piece(*piece)) for piece in pieces)
+    assert batched.send_pieces([(i, b, memoryview(d)) for i, b, d in pieces]) == expected
+
+
+@pytest.mark.parametrize("key", [(NUM_PIECES, 0, BLOCK), (0, 0, BLOCK + 1), (NUM_PIECES - 1, BLOCK, BLOCK)])
+def test_send_pieces_refuses_a_block_outside_the_torrent(key: tuple[int, int, int]) -> None:
+    index, begin, length = key
+    with pytest.raises(LocalProtocolError):
+        requesting().send_pieces([(0, 0, bytes(BLOCK)), (index, begin, bytes(length))])
+    with pytest.raises(LocalProtocolError):
+        connected().send_pieces([(0, 0, bytes(BLOCK))])  # before have-none or a bitfield (BEP 6)
+
+
 @pytest.mark.parametrize("key", [(NUM_PIECES, 0, BLOCK), (0, 0, BLOCK + 1), (NUM_PIECES - 1, BLOCK, BLOCK), (0, 0, 0)])
 def test_send_requests_refuses_a_request_outside_the_torrent(key: tuple[int, int, int]) -> None:
     with pytest.raises(LocalProtocolError):

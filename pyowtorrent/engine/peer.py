@@ -165,13 +165,20 @@ class Peer:
     # -- sending -----------------------------------------------------------
 
     def send(self, event: ev.Message | ev.Pex | ev.MetadataMessage) -> None:
+        if self.writable():
+            self.write(self.conn.send(event))
+
+    def writable(self) -> bool:
         if self.closed.is_set():
-            return
+            return False
         if self.writer.is_closing():
             # The connection is gone under us: writing on would only make asyncio warn, once per write.
             self._close_soon("connection lost")
-            return
-        data = self.conn.send(event)
+            return False
+        return True
+
+    def write(self, data: bytes) -> None:
+        """Hand encoded messages to the transport (after :meth:`writable`)."""
         self.writer.write(data)
         self.bytes_written += len(data)
         self.last_sent = self.clock.now()
@@ -392,10 +399,7 @@ class Peer:
         now = self.clock.now()
         for b in blocks:
             self.outstanding[b] = now
-        data = self.haves.take() + self.conn.send_requests(blocks)  # a Block is an (index, begin, length)
-        self.writer.write(data)
-        self.bytes_written += len(data)
-        self.last_sent = now
+        self.write(self.haves.take() + self.conn.send_requests(blocks))  # a Block is an (index, begin, length)
 
     def cancel(self, block: Block) -> None:
         if self.outstanding.pop(block, None) is not None:
@@ -457,10 +461,7 @@ class HaveBatch:
     def flush(self) -> None:
         peer = self.peer
         if self.pieces and not peer.closed.is_set() and not peer.writer.is_closing():
-            data = self.take()
-            peer.writer.write(data)
-            peer.bytes_written += len(data)
-            peer.last_sent = peer.clock.now()
+            peer.write(self.take())
 
 
 class Uploads:
@@ -545,13 +546,13 @@ class Uploads:
                 log.warning("%r: cannot serve piece %d: %s", peer, first.index, exc)
                 await peer.close(f"cannot serve piece {first.index}: {exc}")
                 return
-            view = memoryview(data)
-            pos = 0
+            if not peer.writable():
+                return
+            view, pos, blocks = memoryview(data), 0, []
             for r in batch:
-                if peer.closed.is_set():
-                    return
-                peer.send(ev.Piece(r.index, r.begin, view[pos : pos + r.length]))  # copied once, into the message
+                blocks.append((r.index, r.begin, view[pos : pos + r.length]))
                 pos += r.length
-                peer.uploaded.add(r.length)
-                peer.host.on_uploaded(peer, r.length)
+            peer.write(peer.conn.send_pieces(blocks))  # one write; each block copied once, into it
+            peer.uploaded.add(total)
+            peer.host.on_uploaded(peer, total)
             await peer.writer.drain()
