@@ -85,3 +85,65 @@ def test_shutdown_finishes_the_jobs_queued_and_ends_the_threads() -> None:
         assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("pyowtorrent-disk")]
 
     asyncio.run(main())
+
+
+def test_a_job_asked_for_during_or_after_shutdown_is_refused_and_the_shutdown_completes() -> None:
+    async def main() -> None:
+        disk = ThreadDisk(2)
+        gate = threading.Event()
+        running = asyncio.ensure_future(disk.run(gate.wait))
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(disk.shutdown())
+        await asyncio.sleep(0)  # the stops are queued behind the running job
+        with pytest.raises(RuntimeError, match="shut down"):
+            await disk.run(pow, 2, 2)
+        gate.set()
+        await closing
+        assert await running is True
+
+    asyncio.run(main())
+
+
+def raise_stop_iteration() -> None:
+    raise StopIteration
+
+
+def test_a_job_raising_what_a_future_cannot_hold_fails_alone() -> None:
+    async def main() -> None:
+        disk = ThreadDisk(1)
+        try:
+            outcomes = await asyncio.gather(
+                disk.run(raise_stop_iteration), disk.run(pow, 3, 3), return_exceptions=True
+            )
+        finally:
+            await disk.shutdown()
+        assert isinstance(outcomes[0], RuntimeError) and "StopIteration" in str(outcomes[0])
+        assert outcomes[1] == 27
+
+    asyncio.run(main())
+
+
+def test_a_job_whose_caller_gave_up_before_it_started_is_not_run() -> None:
+    async def main() -> None:
+        disk = ThreadDisk(1)
+        gate = threading.Event()
+        ran: list[int] = []
+        try:
+            held = asyncio.ensure_future(disk.run(gate.wait))
+            dropped = asyncio.ensure_future(disk.run(ran.append, 1))
+            await asyncio.sleep(0)  # both queued; the one worker is held by the first
+            dropped.cancel()
+            gate.set()
+            await held
+            assert await disk.run(ran.append, 2) is None
+        finally:
+            gate.set()
+            await disk.shutdown()
+        assert ran == [2]
+
+    asyncio.run(main())
+
+
+def test_a_disk_without_threads_is_refused() -> None:
+    with pytest.raises(ValueError):
+        ThreadDisk(0)

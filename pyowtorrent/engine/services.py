@@ -85,14 +85,20 @@ class ThreadDisk:
     """
 
     def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ValueError(f"a ThreadDisk needs at least one thread, not {threads}")
         self.threads = threads
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            # As an executor after shutdown: a job queued now could take the stop meant for a worker.
+            raise RuntimeError("the disk threads are shut down")
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._start(loop)
@@ -101,8 +107,9 @@ class ThreadDisk:
         return await future
 
     async def shutdown(self) -> None:
-        """Finish the jobs queued, then end the threads (without blocking the event loop)."""
-        workers, self._workers, self._loop = self._workers, [], None
+        """Finish the jobs queued, then end the threads (without blocking the event loop); take no more."""
+        self._closed = True
+        workers, self._workers = self._workers, []
         for _ in workers:
             self._jobs.put(None)
         for w in workers:
@@ -121,6 +128,8 @@ class ThreadDisk:
     def _work(self, loop: asyncio.AbstractEventLoop) -> None:
         while (job := self._jobs.get()) is not None:
             future, fn, args = job
+            if future.cancelled():
+                continue  # its caller gave up while it waited (a peer gone before its block was read)
             try:
                 outcome: tuple[asyncio.Future[Any], Any, BaseException | None] = (future, fn(*args), None)
             except BaseException as exc:  # noqa: BLE001 - it is the awaiting task's to raise
@@ -131,8 +140,9 @@ class ThreadDisk:
             if first:
                 try:
                     loop.call_soon_threadsafe(self._deliver)
-                except RuntimeError:  # the loop is closed: no one awaits the result any more
-                    pass
+                except RuntimeError:  # the loop is closed: no one awaits these results any more
+                    with self._lock:
+                        self._done.clear()
 
     def _deliver(self) -> None:
         with self._lock:
@@ -140,10 +150,13 @@ class ThreadDisk:
         for future, result, exc in done:
             if future.cancelled():
                 continue
-            if exc is None:
-                future.set_result(result)
-            else:
-                future.set_exception(exc)
+            try:
+                if exc is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(exc)
+            except (TypeError, ValueError) as refused:  # StopIteration: a future will not hold it
+                future.set_exception(RuntimeError(f"a disk job raised {exc!r}: {refused}"))
 
 
 _Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
