@@ -272,13 +272,17 @@ class Peer:
     # -- receiving -----------------------------------------------------------
 
     def _handle(self, events: list[ev.Event]) -> None:
-        host = self.host
+        host, outstanding = self.host, self.outstanding
         self._refill = False
-        blocks = 0
+        blocks = received = 0
         for e in events:
-            if type(e) is ev.Piece:
-                self._on_piece(e)
+            if type(e) is ev.Piece:  # first: a leecher gets one per 16 KiB
+                data = e.block
+                block = Block(e.index, e.begin, len(data))
+                outstanding.pop(block, None)
+                host.on_block(self, block, data)
                 blocks += 1
+                received += len(data)
             elif type(e) is ev.Have:
                 index = e.index
                 if not self.have[index]:
@@ -347,16 +351,11 @@ class Peer:
                 host.on_peer_metadata(self, e)
             # Port, Suggest, Extended: nothing to do yet.
         if blocks:
+            self.downloaded.add(received)
             self._blocks_arrived(blocks)
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
             host.fill_requests(self)
-
-    def _on_piece(self, e: ev.Piece) -> None:
-        block = Block(e.index, e.begin, len(e.block))
-        self.outstanding.pop(block, None)
-        self.downloaded.add(len(e.block))
-        self.host.on_block(self, block, e.block)
 
     def _blocks_arrived(self, count: int) -> None:
         """What the blocks of one read change, once per read rather than per block."""

@@ -334,7 +334,7 @@ class PiecePicker:
         index = block.index
         if not 0 <= index < self.num_pieces or self.have_flags[index]:
             return False
-        size = self._piece_size(index)
+        size = self._last_length if index == self.num_pieces - 1 else self.piece_length  # _piece_size, inlined
         begin = block.begin
         if begin < 0 or begin % BLOCK_SIZE or begin >= size or block.length != min(BLOCK_SIZE, size - begin):
             return False
