@@ -1151,6 +1151,22 @@ def test_bytes_received_borrowed_from_a_reused_buffer_give_the_same_events_as_by
     assert (events, violation) == expected
 
 
+def test_a_message_trickled_a_byte_per_read_into_a_reused_buffer_is_held_in_few_chunks() -> None:
+    # Each read's leftover is copied out of the borrowed buffer; were every byte its own chunk, each
+    # read would cost what is already held (and a peer trickling one message would stall the loop).
+    conn = requesting((0, 0, BLOCK))
+    block = random_bytes(3, BLOCK)
+    stream = piece_frame(0, 0, block)
+    buffer = bytearray(1)
+    got: list[Event] = []
+    for byte in stream:
+        buffer[0] = byte
+        got += conn.receive_borrowed(memoryview(buffer))
+        held = conn._buffer.size
+        assert len(conn._buffer._chunks) <= held // 256 + 2, (held, len(conn._buffer._chunks))
+    assert [(e.index, e.begin, bytes(e.block)) for e in got if isinstance(e, Piece)] == [(0, 0, block)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200), st.lists(st.integers(0, 268), max_size=6))
 def test_arbitrary_bytes_before_the_handshake_raise_only_protocol_errors(junk: bytes, cuts: list[int]) -> None:

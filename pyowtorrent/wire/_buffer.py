@@ -49,14 +49,21 @@ class ByteQueue:
             self.size += len(view)
 
     def detach(self) -> None:
-        """Copy what is left of borrowed chunks, so that their buffer may be reused."""
+        """Copy what is left of the borrowed chunk, so that its buffer may be reused.
+
+        Only the last chunk can be borrowed (one per read, detached before the
+        next), so this costs what is left of it, never what is held before it:
+        a peer trickling a large message a byte per read makes it no slower.
+        """
         chunks = self._chunks
-        if not any(type(c) is memoryview for c in chunks):
+        if not chunks or type(chunks[-1]) is not memoryview:
             return
-        kept = [bytes(chunks[0][self._offset :])] + [bytes(c) for c in list(chunks)[1:]]
-        self._offset = 0
-        chunks.clear()
-        chunks.extend(k for k in kept if k)
+        view = chunks.pop()
+        if not chunks:  # it is also the first: its bytes before the offset are taken
+            view, self._offset = view[self._offset :], 0
+        if len(view):
+            self.size -= len(view)
+            self.append(bytes(view))  # merged with a small chunk before it, as any append
 
     def peek_byte(self) -> int:
         """The next byte, without taking it (size must be at least 1)."""
