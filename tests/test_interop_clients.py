@@ -101,29 +101,34 @@ def test_aria2_downloads_from_our_seeder(tmp_path: Path, kind: str, opentracker:
     assert same_tree(tmp_path / "seeder" / "ds", tmp_path / "aria2" / "ds")
 
 
-@pytest.mark.parametrize("kind", TRACKERS)
-def test_we_download_from_an_aria2_seeder(tmp_path: Path, kind: str, opentracker: Callable[[bytes], tuple[int, int]]) -> None:
+@contextlib.asynccontextmanager
+async def aria2_seeding(tmp_path: Path, kind: str, opentracker: Callable[[bytes], tuple[int, int]]) -> AsyncIterator[Metainfo]:
+    """aria2 seeding a fresh payload (tmp_path/aria2/ds) through a tracker: the torrent, once it has announced."""
     make_payload(tmp_path / "aria2" / "ds", SIZES)
     meta = create_torrent(tmp_path / "aria2" / "ds", piece_length=262144)
+    async with tracking(kind, meta.info_hash, opentracker) as url:
+        torrent = with_tracker(meta, url)
+        (tmp_path / "t.torrent").write_bytes(torrent.to_bytes())
+        proc = await asyncio.create_subprocess_exec(
+            aria2c(), *ARIA2_FLAGS, "--check-integrity=true", "--seed-ratio=0.0",
+            "-d", str(tmp_path / "aria2"), str(tmp_path / "t.torrent"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            # aria2 may announce before its check ends, as a leecher: any entry will do.
+            await wait_for_swarm(url, meta.info_hash, lambda seeders, leechers: seeders + leechers >= 1, "aria2")
+            yield torrent
+        finally:
+            proc.terminate()
+            await proc.wait()
 
+
+@pytest.mark.parametrize("kind", TRACKERS)
+def test_we_download_from_an_aria2_seeder(tmp_path: Path, kind: str, opentracker: Callable[[bytes], tuple[int, int]]) -> None:
     async def main() -> None:
-        async with tracking(kind, meta.info_hash, opentracker) as url:
-            torrent = with_tracker(meta, url)
-            (tmp_path / "t.torrent").write_bytes(torrent.to_bytes())
-            proc = await asyncio.create_subprocess_exec(
-                aria2c(), *ARIA2_FLAGS, "--check-integrity=true", "--seed-ratio=0.0",
-                "-d", str(tmp_path / "aria2"), str(tmp_path / "t.torrent"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
-                # aria2 may announce before its check ends, as a leecher: any entry will do.
-                await wait_for_swarm(url, meta.info_hash, lambda seeders, leechers: seeders + leechers >= 1, "aria2")
-                async with Session(listen="127.0.0.1") as s:
-                    leecher = await s.add_torrent(torrent, tmp_path / "leech")
-                    await leecher.wait_done(timeout=120)
-            finally:
-                proc.terminate()
-                await proc.wait()
+        async with aria2_seeding(tmp_path, kind, opentracker) as torrent, Session(listen="127.0.0.1") as s:
+            leecher = await s.add_torrent(torrent, tmp_path / "leech")
+            await leecher.wait_done(timeout=120)
 
     asyncio.run(main())
     assert same_tree(tmp_path / "aria2" / "ds", tmp_path / "leech" / "ds")
@@ -133,29 +138,14 @@ def test_we_download_a_magnet_link_from_an_aria2_seeder(
     tmp_path: Path, opentracker: Callable[[bytes], tuple[int, int]]
 ) -> None:
     """aria2 serves the metadata (BEP 9) to a leecher that has only the magnet link, then the data."""
-    make_payload(tmp_path / "aria2" / "ds", SIZES)
-    meta = create_torrent(tmp_path / "aria2" / "ds", piece_length=262144)
 
     async def main() -> None:
-        async with tracking("opentracker", meta.info_hash, opentracker) as url:
-            torrent = with_tracker(meta, url)
-            (tmp_path / "t.torrent").write_bytes(torrent.to_bytes())
-            proc = await asyncio.create_subprocess_exec(
-                aria2c(), *ARIA2_FLAGS, "--check-integrity=true", "--seed-ratio=0.0",
-                "-d", str(tmp_path / "aria2"), str(tmp_path / "t.torrent"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            try:
-                await wait_for_swarm(url, meta.info_hash, lambda seeders, leechers: seeders + leechers >= 1, "aria2")
-                async with Session(listen="127.0.0.1") as s:
-                    magnet = torrent.magnet()
-                    assert "x.pe" not in magnet  # found through the tracker only
-                    leecher = await s.add_magnet(magnet, tmp_path / "leech", timeout=60)
-                    assert leecher.meta.info_bytes == meta.info_bytes
-                    await leecher.wait_done(timeout=120)
-            finally:
-                proc.terminate()
-                await proc.wait()
+        async with aria2_seeding(tmp_path, "opentracker", opentracker) as torrent, Session(listen="127.0.0.1") as s:
+            magnet = torrent.magnet()
+            assert "x.pe" not in magnet  # found through the tracker only
+            leecher = await s.add_magnet(magnet, tmp_path / "leech", timeout=60)
+            assert leecher.meta.info_bytes == torrent.info_bytes
+            await leecher.wait_done(timeout=120)
 
     asyncio.run(main())
     assert same_tree(tmp_path / "aria2" / "ds", tmp_path / "leech" / "ds")
