@@ -458,9 +458,8 @@ class HaveBatch:
         return data
 
     def flush(self) -> None:
-        peer = self.peer
-        if self.pieces and not peer.closed.is_set() and not peer.writer.is_closing():
-            peer.write(self.take())
+        if self.pieces and self.peer.writable():
+            self.peer.write(self.take())
 
 
 class Uploads:
