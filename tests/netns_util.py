@@ -41,7 +41,8 @@ import pytest
 from pyowtorrent.engine.net import TcpNetwork, source_addresses
 from pyowtorrent.engine.services import TorrentSettings
 from pyowtorrent.engine.session import Session
-from pyowtorrent.engine.trackers import HttpTracker, http_client_session
+from pyowtorrent.engine.http_client import HttpClient
+from pyowtorrent.engine.trackers import HttpTracker
 from pyowtorrent.tracker.http_codec import AnnounceRequest
 
 T = TypeVar("T")
@@ -142,7 +143,7 @@ class _BoundSession(Session):
     """What session.py does once it passes the listen addresses on (issue 12's lines in session.py).
 
     Outgoing connections through ``TcpNetwork(bind=...)``, HTTP announces through
-    :func:`http_client_session`, UDP announces and ``ip=`` through the settings.
+    an :class:`HttpClient` bound to them, UDP announces and ``ip=`` through the settings.
     """
 
     def __init__(self, *, listen: str | Sequence[str], announce_ip: str | None = None, **kwargs: Any) -> None:
@@ -151,11 +152,7 @@ class _BoundSession(Session):
         fields = {f.name: getattr(self.settings, f.name) for f in dataclasses.fields(TorrentSettings)}
         fields.update(announce_ip=announce_ip, source_addresses=sources)
         self.settings = _Settings(**fields)
-
-    def http_client(self) -> Any:
-        if self._http is None:
-            self._http = http_client_session(self.settings.client_name, getattr(self.settings, "source_addresses"))
-        return self._http
+        self.http = HttpClient(self.settings.client_name, sources)
 
 
 def session_on(listen: str, *, announce_ip: str | None = None, **kwargs: Any) -> Session:
@@ -364,10 +361,7 @@ class Transmission:
 
 async def swarm_counts(announce_url: str, info_hash: bytes) -> tuple[int, int]:
     """The tracker's (seeders, leechers) for ``info_hash``, by a scrape (which adds no peer)."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        result = await HttpTracker(announce_url, http, timeout=5).scrape(info_hash)
+    result = await HttpTracker(announce_url, HttpClient("test"), timeout=5).scrape(info_hash)
     assert result is not None, f"{announce_url} has no scrape URL"
     return result.complete or 0, result.incomplete or 0
 
@@ -394,11 +388,8 @@ async def wait_for_swarm(
 
 async def tracker_peers(announce_url: str, info_hash: bytes) -> list[tuple[str, int]]:
     """The peers the tracker hands out for ``info_hash``, asked by an announce from an observer at port 1."""
-    import aiohttp
-
     req = AnnounceRequest(
         info_hash=info_hash, peer_id=b"-OBSERVER-" + secrets.token_bytes(10), port=1, uploaded=0, downloaded=0, left=1, numwant=200
     )
-    async with aiohttp.ClientSession() as http:
-        resp = await HttpTracker(announce_url, http, timeout=5).announce(req)
+    resp = await HttpTracker(announce_url, HttpClient("test"), timeout=5).announce(req)
     return [(host, port) for host, port in resp.peers if port != 1]

@@ -29,7 +29,8 @@ import pytest
 
 from pyowtorrent.engine.announcer import announce_options
 from pyowtorrent.engine.net import TcpNetwork, source_addresses, source_for
-from pyowtorrent.engine.trackers import UdpTracker, http_client_session
+from pyowtorrent.engine.http_client import HttpClient
+from pyowtorrent.engine.trackers import UdpTracker
 from pyowtorrent.storage.create import create_torrent
 from pyowtorrent.tracker.http_codec import AnnounceRequest
 from pyowtorrent.tracker.udp_codec import encode_announce
@@ -143,11 +144,10 @@ def test_a_bound_session_still_reaches_the_other_family() -> None:
         for host in ("::1", "127.0.0.1"):
             await web.TCPSite(runner, host, 8080).start()
         try:
-            http = http_client_session("test", [US])
-            async with http:
-                for host in ("[::1]", "127.0.0.1"):
-                    async with http.get(f"http://{host}:8080/") as resp:
-                        assert resp.status == 200
+            http = HttpClient("test", [US])
+            for host in ("[::1]", "127.0.0.1"):
+                resp = await http.get(f"http://{host}:8080/", timeout=10, max_body=100)
+                assert resp.status == 200
             _, writer = await TcpNetwork(bind=[US]).connect("::1", 8080)
             writer.close()
             await until(lambda: len(seen) == 2, 5, "the requests")
@@ -296,9 +296,8 @@ def test_each_client_leaves_from_the_bound_address() -> None:
         await site.start()
         http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
-            async with http_client_session("test", ["127.0.0.2"]) as http:
-                async with http.get(f"http://127.0.0.1:{http_port}/") as resp:
-                    assert resp.status == 200
+            resp = await HttpClient("test", ["127.0.0.2"]).get(f"http://127.0.0.1:{http_port}/", timeout=10, max_body=100)
+            assert resp.status == 200
         finally:
             await runner.cleanup()
 

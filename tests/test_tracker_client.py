@@ -14,6 +14,7 @@ from aiohttp import web
 from pyowtorrent.errors import TrackerError
 from pyowtorrent.engine.events import TorrentState
 from pyowtorrent.engine.session import Session
+from pyowtorrent.engine.http_client import HttpClient
 from pyowtorrent.engine.trackers import UdpTracker
 from pyowtorrent.tracker.http_codec import AnnounceRequest
 from pyowtorrent.service.tracker import Tracker
@@ -233,16 +234,14 @@ def test_http_redirects_and_gzip_are_followed(tmp_path: Path) -> None:
             app.router.add_get("/old/announce", moved)
             app.router.add_get("/gz/announce", gzipped)
             runner, port = await _serve(app)
-            import aiohttp
-
             try:
-                async with aiohttp.ClientSession() as http:
-                    req = _request()
-                    first = await HttpTracker(f"http://127.0.0.1:{port}/old/announce", http).announce(req)
-                    assert first.interval >= 30 and first.peers == []  # the real tracker answered
-                    assert len(real.peers(req.info_hash)) == 1
-                    zipped = await HttpTracker(f"http://127.0.0.1:{port}/gz/announce", http).announce(req)
-                    assert zipped.interval == 900 and zipped.peers == [("127.0.0.1", 6881)]
+                http = HttpClient("test")
+                req = _request()
+                first = await HttpTracker(f"http://127.0.0.1:{port}/old/announce", http).announce(req)
+                assert first.interval >= 30 and first.peers == []  # the real tracker answered
+                assert len(real.peers(req.info_hash)) == 1
+                zipped = await HttpTracker(f"http://127.0.0.1:{port}/gz/announce", http).announce(req)
+                assert zipped.interval == 900 and zipped.peers == [("127.0.0.1", 6881)]
             finally:
                 await runner.cleanup()
 
@@ -268,8 +267,6 @@ def test_announce_and_scrape_urls_reach_the_wire_byte_for_byte() -> None:
     info-hash and a peer id arrives %XX-encoded (or unreserved), never re-quoted by the HTTP
     client into a raw ``$``, ``!``, ``:``… (which opentracker refuses)."""
     from urllib.parse import unquote_to_bytes, urlsplit
-
-    import aiohttp
 
     from pyowtorrent.engine.trackers import HttpTracker
     from pyowtorrent.tracker.http_codec import announce_url, scrape_request_url
@@ -297,16 +294,15 @@ def test_announce_and_scrape_urls_reach_the_wire_byte_for_byte() -> None:
         base = f"http://127.0.0.1:{port}/announce"
         expected: list[bytes] = []
         try:
-            async with aiohttp.ClientSession() as http:
-                tracker = HttpTracker(base, http)
-                for k in range(13):  # 13 x 20 bytes cover all 256 byte values, in both fields
-                    info_hash = bytes((20 * k + j) % 256 for j in range(20))
-                    peer_id = bytes((20 * k + j + 7) % 256 for j in range(20))
-                    req = AnnounceRequest(info_hash=info_hash, peer_id=peer_id, port=6881, uploaded=0, downloaded=0, left=1)
-                    await tracker.announce(req)
-                    expected.append(target(announce_url(base, req)))
-                    await tracker.scrape(info_hash)
-                    expected.append(target(scrape_request_url(f"http://127.0.0.1:{port}/scrape", [info_hash])))
+            tracker = HttpTracker(base, HttpClient("test"))
+            for k in range(13):  # 13 x 20 bytes cover all 256 byte values, in both fields
+                info_hash = bytes((20 * k + j) % 256 for j in range(20))
+                peer_id = bytes((20 * k + j + 7) % 256 for j in range(20))
+                req = AnnounceRequest(info_hash=info_hash, peer_id=peer_id, port=6881, uploaded=0, downloaded=0, left=1)
+                await tracker.announce(req)
+                expected.append(target(announce_url(base, req)))
+                await tracker.scrape(info_hash)
+                expected.append(target(scrape_request_url(f"http://127.0.0.1:{port}/scrape", [info_hash])))
         finally:
             server.close()
             await server.wait_closed()

@@ -135,8 +135,7 @@ def test_opentracker_takes_announces_whose_info_hash_and_peer_id_hold_reserved_b
 ) -> None:
     """opentracker answers '400 Invalid Request' to a raw '$' in the query: every byte that is
     not unreserved must reach it %XX-encoded, exactly as the codec wrote it."""
-    import aiohttp
-
+    from pyowtorrent.engine.http_client import HttpClient
     from pyowtorrent.engine.trackers import HttpTracker
     from pyowtorrent.tracker.http_codec import AnnounceRequest, TrackerFailure
 
@@ -145,21 +144,20 @@ def test_opentracker_takes_announces_whose_info_hash_and_peer_id_hold_reserved_b
     tcp, _ = opentracker(info_hash)
 
     async def main() -> None:
-        async with aiohttp.ClientSession() as http:
-            tracker = HttpTracker(f"http://127.0.0.1:{tcp}/announce", http)
-            first = AnnounceRequest(info_hash, b"-XX0000-" + reserved[:12], 6881, 0, 0, 10, "started", 50)
-            second = AnnounceRequest(info_hash, b"-XX0000-" + reserved[8:20], 6882, 0, 0, 10, "started", 50)
-            # opentracker reads its whitelist in a thread of its own, just after it starts listening.
-            deadline = asyncio.get_running_loop().time() + 10
-            while True:
-                try:
-                    await tracker.announce(first)
-                    break
-                except TrackerFailure as exc:
-                    if "not authorized" not in str(exc) or asyncio.get_running_loop().time() > deadline:
-                        raise
-                    await asyncio.sleep(0.05)
-            resp = await tracker.announce(second)
-            assert ("127.0.0.1", 6881) in resp.peers
+        tracker = HttpTracker(f"http://127.0.0.1:{tcp}/announce", HttpClient("test"))
+        first = AnnounceRequest(info_hash, b"-XX0000-" + reserved[:12], 6881, 0, 0, 10, "started", 50)
+        second = AnnounceRequest(info_hash, b"-XX0000-" + reserved[8:20], 6882, 0, 0, 10, "started", 50)
+        # opentracker reads its whitelist in a thread of its own, just after it starts listening.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                await tracker.announce(first)
+                break
+            except TrackerFailure as exc:
+                if "not authorized" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        resp = await tracker.announce(second)
+        assert ("127.0.0.1", 6881) in resp.peers
 
     asyncio.run(main())

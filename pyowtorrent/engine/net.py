@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
 __all__ = [
@@ -144,11 +145,13 @@ class TcpNetwork:
         self.sources = source_addresses(bind)
 
     async def connect(
-        self, host: str, port: int, *, local_host: str | None = None
+        self, host: str, port: int, *, local_host: str | None = None, tls: ssl.SSLContext | None = None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """``tls``: speak TLS over the connection, checking ``host``'s certificate (HTTPS trackers)."""
+        server_hostname = host if tls is not None else None
         if local_host or not self.sources:
             local = (local_host, 0) if local_host else None
-            return await asyncio.open_connection(host, port, local_addr=local)
+            return await asyncio.open_connection(host, port, local_addr=local, ssl=tls, server_hostname=server_hostname)
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         errors: list[OSError] = []
@@ -158,7 +161,7 @@ class TcpNetwork:
             except OSError as exc:
                 errors.append(exc)
                 continue
-            return await asyncio.open_connection(sock=sock)
+            return await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=server_hostname)
         if len({str(e) for e in errors}) == 1:
             raise errors[0]
         raise OSError(f"cannot connect to {host}:{port}: " + ("; ".join(str(e) for e in errors) or "no address"))

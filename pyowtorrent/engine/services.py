@@ -2,7 +2,8 @@
 
 A torrent gets a :class:`TorrentServices`: the settings it runs by, the
 engine clock, the disk executor, the dialler, the session-wide connection
-budget, the upload limiter and the HTTP client its trackers share.  The
+budget, the upload limiter, and the HTTP clients its trackers and its web
+seeds share.  The
 session implements :class:`Dialer` and :class:`ConnectionBudget`; the
 simulator runs the same torrent with other implementations of the same
 protocols.
@@ -26,6 +27,8 @@ from .net import Address
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from .http_client import HttpClient
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,8 @@ class TorrentServices:
     dialer: Dialer
     budget: ConnectionBudget
     upload_limiter: RateLimiter
-    http: Callable[[], aiohttp.ClientSession]
+    http: HttpClient  # the trackers'
+    web: Callable[[], aiohttp.ClientSession]  # the web seeds'
     listen_port: Callable[[], int]
     rng: random.Random
 

@@ -33,7 +33,7 @@ from ..storage.files import Storage
 from ..storage.resume import write_atomically
 from ..tracker.peers import holder_of_text
 from ..wire.connection import PeerConnection
-from ..wire.mse import CryptoMethod, rc4_available, skey_hash
+from ..wire.mse import rc4_available, skey_hash
 from .clock import Clock, LoopClock
 from .magnet import MetadataFetch
 from .handshake import (
@@ -46,11 +46,12 @@ from .handshake import (
     accept_handshake,
     dial_handshake,
 )
+from .http_client import HttpClient
 from .meters import RateLimiter
 from .net import Address, Listener, Network, TcpNetwork, source_addresses
 from .services import Disk, ThreadDisk, TorrentServices, TorrentSettings
 from .torrent import Torrent
-from .trackers import http_client_session
+from .webseed import web_client_session
 
 if TYPE_CHECKING:
     import aiohttp
@@ -175,7 +176,8 @@ class Session:
         self._own_disk = disk is None
         self.disk: Disk = disk or ThreadDisk(disk_threads or min(8, os.cpu_count() or 1))
         self.upload_limiter = RateLimiter(upload_rate_limit, self.clock)
-        self._http: aiohttp.ClientSession | None = None
+        self.http = HttpClient(self.settings.client_name, self.source_addresses)  # the trackers'
+        self._web: aiohttp.ClientSession | None = None
         self.own_addresses: set[Address] = set()  # found by connecting to ourselves
         # Incoming connections waiting for their handshake, oldest first.
         self._handshaking: dict[asyncio.StreamWriter, bytes] = {}  # -> the host it came from
@@ -309,7 +311,8 @@ class Session:
             dialer=self,
             budget=self,
             upload_limiter=self.upload_limiter,
-            http=self.http_client,
+            http=self.http,
+            web=self.web_session,
             listen_port=lambda: self.listen_port,
             rng=random.Random(self.rng.getrandbits(64)),
         )
@@ -324,11 +327,11 @@ class Session:
             if torrent.resume_path is not None:
                 await self.disk.run(torrent.resume_path.unlink, True)
 
-    def http_client(self) -> aiohttp.ClientSession:
-        """The aiohttp client session shared by the trackers (made on first use, in the loop)."""
-        if self._http is None:
-            self._http = http_client_session(self.settings.client_name, self.source_addresses)
-        return self._http
+    def web_session(self) -> aiohttp.ClientSession:
+        """The aiohttp session the web seeds share (made on first use, in the loop)."""
+        if self._web is None:
+            self._web = web_client_session(self.settings.client_name, self.source_addresses)
+        return self._web
 
     # -- ConnectionBudget ---------------------------------------------------------
 
@@ -439,9 +442,9 @@ class Session:
         for fetch in list(self._fetches.values()):
             fetch.stop("the session closed")
         await asyncio.gather(*(t.stop() for t in list(self.torrents.values())))
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        if self._web is not None:
+            await self._web.close()
+            self._web = None
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()

@@ -1,4 +1,4 @@
-"""Talking to trackers: HTTP(S) through aiohttp, UDP (BEP 15) over an asyncio datagram socket.
+"""Talking to trackers: HTTP(S) through :mod:`.http_client`, UDP (BEP 15) over an asyncio datagram socket.
 
 Both clients take an :class:`AnnounceRequest` and give an
 :class:`AnnounceResponse` or raise :class:`~pyowtorrent.errors.TrackerError`
@@ -8,7 +8,7 @@ The message formats are the sans-IO codecs' business.
 Announces leave from the address we listen on when it is a specific one
 (``bind``, see :func:`~pyowtorrent.engine.net.source_addresses`): UDP
 announces bind their datagram socket to it, and HTTP announces go through
-:func:`http_client_session`, whose connector binds each socket to the source
+an :class:`~.http_client.HttpClient`, which binds each socket to the source
 address of its family.  A tracker records the address an announce comes
 from; from any other, peers would be sent where we do not listen.
 """
@@ -19,7 +19,7 @@ import asyncio
 import logging
 import secrets
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import TrackerError
@@ -50,37 +50,12 @@ from ..tracker.udp_codec import (
 )
 
 from .clock import Clock, LoopClock
-from .net import bound_socket, source_addresses, source_for
-
-if TYPE_CHECKING:
-    import aiohttp
+from .http_client import HttpClient, HttpFailure
+from .net import source_addresses, source_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpTracker", "TrackerClient", "UdpTracker", "http_client_session", "make_client"]
-
-
-def http_client_session(user_agent: str, bind: Sequence[str] = ()) -> aiohttp.ClientSession:
-    """An aiohttp client session whose connections leave from ``bind``'s address of their family.
-
-    ``bind``: the session's listen addresses (or their
-    :func:`~pyowtorrent.engine.net.source_addresses`).  Without a specific
-    one it is a plain session.  Call it inside the running loop.
-    """
-    import aiohttp
-
-    sources = source_addresses(bind)
-    if not sources:
-        return aiohttp.ClientSession(headers={"User-Agent": user_agent})
-
-    def socket_factory(info: Any) -> socket.socket:
-        family, kind, proto = int(info[0]), int(info[1]), int(info[2])
-        return bound_socket(family, kind, proto, sources)
-
-    # socket_factory (aiohttp 3.12): one bound socket per address family, which
-    # local_addr (one address for every family) cannot give.
-    connector = aiohttp.TCPConnector(socket_factory=socket_factory)
-    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": user_agent})
+__all__ = ["HttpTracker", "TrackerClient", "UdpTracker", "make_client"]
 
 
 class TrackerClient(Protocol):
@@ -94,34 +69,22 @@ class TrackerClient(Protocol):
 class HttpTracker:
     """BEP 3 over HTTP(S): redirects followed, gzip accepted, the body read up to a bound."""
 
-    def __init__(self, url: str, http: aiohttp.ClientSession, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, http: HttpClient, *, timeout: float = 30.0) -> None:
         self.url = url
-        self._http = http  # an aiohttp.ClientSession, shared by the session's torrents
+        self._http = http  # shared by the session's trackers
         self._timeout = timeout
 
     async def _get(self, url: str) -> bytes:
-        import aiohttp
-        import yarl
-
+        # The URL is percent-encoded byte by byte already (the codec's job) and
+        # goes on the wire as it is: opentracker refuses a raw '$', and
+        # trackers differ on '!', ',', ':'...
         try:
-            # The URL is already percent-encoded byte by byte (the codec's job):
-            # yarl must send it as it is, not re-quote it — opentracker refuses
-            # a raw '$' (and trackers differ on '!', ',', ':', ...).
-            async with self._http.get(
-                yarl.URL(url, encoded=True), timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=True, max_redirects=5
-            ) as resp:
-                if resp.status != 200:
-                    raise TrackerError(f"{self.url}: HTTP {resp.status} {resp.reason or ''}".rstrip())
-                body: bytes = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-        except aiohttp.ClientError as exc:
-            raise TrackerError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
-        except ValueError as exc:  # a URL yarl or aiohttp cannot use (a port out of range, a bad host)
-            raise TrackerError(f"{self.url}: not a usable tracker URL: {exc}") from None
-        except asyncio.TimeoutError:
-            raise TrackerError(f"{self.url}: no answer within {self._timeout:g} s") from None
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise TrackerError(f"{self.url}: answer larger than {MAX_RESPONSE_BYTES} bytes")
-        return body
+            resp = await self._http.get(url, timeout=self._timeout, max_body=MAX_RESPONSE_BYTES)
+        except HttpFailure as exc:
+            raise TrackerError(f"{self.url}: {exc}") from None
+        if resp.status != 200:
+            raise TrackerError(f"{self.url}: HTTP {resp.status} {resp.reason}".rstrip())
+        return resp.body
 
     async def announce(self, req: AnnounceRequest) -> AnnounceResponse:
         return parse_announce_response(await self._get(announce_url(self.url, req)))
@@ -249,22 +212,21 @@ class UdpTracker:
 
 def make_client(
     url: str,
-    http: Callable[[], aiohttp.ClientSession],
+    http: HttpClient,
     *,
     clock: Clock | None = None,
     udp_retransmit_base: float = 15.0,
     http_timeout: float = 30.0,
     bind: Sequence[str] = (),
 ) -> TrackerClient:
-    """A client for ``url``; ``http`` gives the shared aiohttp session (made only if an HTTP tracker needs it).
+    """A client for ``url``; ``http``: the HTTP client the session's trackers share.
 
     ``bind`` binds UDP announces (the session's listen addresses); HTTP ones
-    leave from wherever the shared session's connector binds them
-    (:func:`http_client_session`).
+    leave from wherever the shared client binds them.
     """
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("http", "https"):
-        return HttpTracker(url, http(), timeout=http_timeout)
+        return HttpTracker(url, http, timeout=http_timeout)
     if scheme == "udp":
         return UdpTracker(url, retransmit_base=udp_retransmit_base, clock=clock, bind=bind)
     raise TrackerError(f"{url}: unsupported tracker scheme {scheme!r}")

@@ -4,7 +4,8 @@ Each ``url-list`` URL is a :class:`WebSeed`, one task at a time.  It asks the
 picker for a run of blocks in a row (:meth:`~pyowtorrent.strategy.picker.PiecePicker.pick_run`:
 whole pieces, several of them where pieces are small, so a piece is never
 given to a web seed and a peer at once outside end-game), fetches the run with
-one byte-range GET per file it touches through the session's aiohttp client,
+one byte-range GET per file it touches through the session's aiohttp client
+(:func:`web_client_session`),
 and hands each 16 KiB block to its :class:`WebSeedHost` (the swarm) as it
 arrives.  From there a block goes where a peer's goes: the piece is hashed
 and written only if it matches, so bad bytes from a server never reach the
@@ -26,19 +27,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Hashable
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from ..metainfo.layout import BLOCK_SIZE
 from ..metainfo.torrent_file import Metainfo
 from ..metainfo.webseed import RangeRequest, answer_problem, file_urls, range_requests, run_pieces
 from ..strategy.picker import Block, PiecePicker
 from .events import Completed, EventBus, PieceFailed, PieceVerified, TorrentEvent, WebSeedStatus
+from .net import bound_socket, source_addresses
 from .services import Supervisor, TorrentServices
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_FAILURES_IN_A_ROW", "WebSeed", "WebSeedError", "WebSeedHost", "WebSeeds"]
+__all__ = ["MAX_FAILURES_IN_A_ROW", "WebSeed", "WebSeedError", "WebSeedHost", "WebSeeds", "web_client_session"]
 
 Sender = tuple[str, bytes]  # as the piece assembler names who sent a block: (URL, b"") for a web seed
 
@@ -52,6 +58,31 @@ MAX_REDIRECTS = 5
 # Bytes asked of the body per read: each read must bring something within request_timeout.
 READ_SIZE = 256 << 10
 SCHEMES = ("http", "https")
+
+
+def web_client_session(user_agent: str, bind: Sequence[str] = ()) -> aiohttp.ClientSession:
+    """The aiohttp session a session's web seeds share: its connections leave from ``bind``'s address of their family.
+
+    ``bind``: the session's listen addresses (or their
+    :func:`~pyowtorrent.engine.net.source_addresses`).  Web seeds stream
+    whole files, so they want aiohttp's pooled keep-alive connections (the
+    trackers' one GET in minutes does not: :mod:`.http_client`).  Call it
+    inside the running loop.
+    """
+    import aiohttp
+
+    sources = source_addresses(bind)
+    if not sources:
+        return aiohttp.ClientSession(headers={"User-Agent": user_agent})
+
+    def socket_factory(info: Any) -> socket.socket:
+        family, kind, proto = int(info[0]), int(info[1]), int(info[2])
+        return bound_socket(family, kind, proto, sources)
+
+    # socket_factory (aiohttp 3.12): one bound socket per address family, which
+    # local_addr (one address for every family) cannot give.
+    connector = aiohttp.TCPConnector(socket_factory=socket_factory)
+    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": user_agent})
 
 
 class WebSeedError(Exception):
@@ -281,7 +312,7 @@ class WebSeed:
         try:
             async with clock.timeout(timeout):
                 # Sent as it is: the URL is percent-encoded already (the torrent's, then ours).
-                resp = await self.owner.services.http().get(
+                resp = await self.owner.services.web().get(
                     yarl.URL(req.url, encoded=True),
                     headers=headers,
                     allow_redirects=True,
