@@ -202,3 +202,18 @@ def test_a_redirect_without_a_location_is_an_answer_like_any_other() -> None:
 def test_an_interim_answer_is_skipped() -> None:
     data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     assert feed(AnswerReader(URL, 10), data, [5, 30]) == HttpResponse(200, "OK", b"ok")
+
+
+def test_port_zero_is_refused_not_taken_for_the_default() -> None:
+    with pytest.raises(HttpFailure, match="port 0"):
+        GetRequest.parse("http://t.example:0/announce", "ua")
+
+
+def test_an_empty_userinfo_sends_no_credentials() -> None:
+    assert b"Authorization" not in GetRequest.parse("http://@t.example/announce", "ua").encode()
+
+
+def test_a_flood_of_interim_answers_is_cut_short() -> None:
+    data = b"HTTP/1.1 100 Continue\r\n\r\n" * 50 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with pytest.raises(HttpFailure, match="interim"):
+        feed(AnswerReader(URL, 10), data, [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -42,12 +43,12 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, re
 
 
 async def _announce(handler: Handler, *, timeout: float = 10.0, tls: ssl.SSLContext | None = None,
-                    client_tls: ssl.SSLContext | None = None) -> object:
-    """Announce to a tracker that is ``handler``: the answer, or the TrackerError it ended in."""
+                    client_tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> object:
+    """Announce to a tracker that is ``handler`` (on 127.0.0.1, named ``host``): the answer, or the TrackerError."""
     server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     scheme = "https" if tls is not None else "http"
-    tracker = HttpTracker(f"{scheme}://127.0.0.1:{port}/announce", HttpClient("test", tls=client_tls), timeout=timeout)
+    tracker = HttpTracker(f"{scheme}://{host}:{port}/announce", HttpClient("test", tls=client_tls), timeout=timeout)
     try:
         return await tracker.announce(_request())
     except TrackerError as exc:
@@ -157,7 +158,10 @@ def _certificates(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
         .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("tracker.test")]),
+            critical=False,
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -181,6 +185,25 @@ def test_an_https_tracker_with_a_trusted_certificate_answers(tmp_path: Path) -> 
     assert getattr(response, "peers") == [("127.0.0.1", 6881)]
 
 
+def test_an_https_tracker_named_with_a_root_dot_is_checked_against_its_name_without_it(tmp_path: Path) -> None:
+    """``tracker.test.`` is ``tracker.test``: certificates never name the root's dot.  (The resolver
+    is faked: this machine resolves no such name.)"""
+    server, client = _certificates(tmp_path)
+
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        resolve = loop.getaddrinfo
+
+        async def named(host: str, port: int, *args: object, **kwargs: object) -> object:
+            return await resolve("127.0.0.1" if host == "tracker.test." else host, port, *args, **kwargs)
+
+        setattr(loop, "getaddrinfo", named)
+        return await _announce(_tracker, tls=server, client_tls=client, host="tracker.test.")
+
+    response = asyncio.run(main())
+    assert getattr(response, "peers", None) == [("127.0.0.1", 6881)], response
+
+
 def test_an_https_tracker_whose_certificate_we_do_not_trust_is_an_error(tmp_path: Path) -> None:
     server, _ = _certificates(tmp_path)
     outcome = asyncio.run(_announce(_tracker, tls=server))  # the system's trust store: not our test CA
@@ -196,3 +219,41 @@ def test_an_https_tracker_answering_badly_is_an_error(tmp_path: Path, answer: by
 
     outcome = asyncio.run(_announce(bad, tls=server, client_tls=client))
     assert isinstance(outcome, TrackerError)
+
+
+@pytest.mark.parametrize("bind", [(), ("127.0.0.1", "::1")], ids=["unbound", "bound"])
+def test_a_tracker_name_whose_first_address_drops_connections_is_reached_at_the_next(bind: tuple[str, ...]) -> None:
+    """A common broken dual-stack set-up: the name's IPv6 address takes no connection (here a
+    listener whose backlog is full), its IPv4 address answers.  The resolver is the one part faked:
+    this machine has no name with two such addresses."""
+
+    async def main() -> object:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(_tracker, "127.0.0.1", 0)
+        port4 = server.sockets[0].getsockname()[1]
+        hole = socket.socket(socket.AF_INET6)
+        hole.bind(("::1", 0))
+        hole.listen(0)
+        port6 = hole.getsockname()[1]
+        filler = socket.socket(socket.AF_INET6)
+        filler.connect(("::1", port6))  # fills the backlog: further SYNs are dropped
+
+        async def resolve(host: str, port: int, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+            assert host == "dual.test"
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port6, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port4)),
+            ]
+
+        setattr(loop, "getaddrinfo", resolve)
+        try:
+            return await HttpTracker("http://dual.test/announce", HttpClient("test", bind), timeout=20).announce(_request())
+        except TrackerError as exc:
+            return exc
+        finally:
+            server.close()
+            hole.close()
+            filler.close()
+
+    outcome = asyncio.run(main())
+    assert getattr(outcome, "peers", None) == [("127.0.0.1", 6881)], outcome

@@ -75,7 +75,9 @@ class HttpClient:
         except (OSError, ssl.SSLError) as exc:
             raise HttpFailure(f"connection to {request.host}:{request.port} failed: {exc}") from None
         finally:
-            writer.close()  # not awaited: the answer is read, a slow goodbye is not our wait
+            # The answer is framed and read (or given up on): no goodbye owed, and a TLS
+            # close_notify the tracker never answers would hold the socket for 30 s.
+            writer.transport.abort()
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:

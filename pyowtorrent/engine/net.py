@@ -42,6 +42,11 @@ ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Await
 # is chosen at connect() for the whole 4-tuple; otherwise every bound outgoing
 # socket holds one of the ~28 000 ephemeral ports of that address.
 _IP_BIND_ADDRESS_NO_PORT: int | None = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+# Happy eyeballs (RFC 8305's recommended 250 ms): the next address is tried this long after the last.
+NEXT_ADDRESS_DELAY = 0.25
+# Bound sockets are dialled one address after another (asyncio's happy eyeballs takes one
+# local address for every family): each but the last gets this long.
+BOUND_ATTEMPT_TIMEOUT = 3.0
 
 
 def source_addresses(listen: Iterable[str]) -> tuple[str, ...]:
@@ -147,19 +152,31 @@ class TcpNetwork:
     async def connect(
         self, host: str, port: int, *, local_host: str | None = None, tls: ssl.SSLContext | None = None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """``tls``: speak TLS over the connection, checking ``host``'s certificate (HTTPS trackers)."""
-        server_hostname = host if tls is not None else None
+        """``tls``: speak TLS over the connection, checking ``host``'s certificate (HTTPS trackers).
+
+        A host name of several addresses is dialled at each in turn (a second
+        attempt starting :data:`NEXT_ADDRESS_DELAY` s after the first, RFC 8305's
+        happy eyeballs), so one address that drops connection attempts (an IPv6
+        route that goes nowhere) costs a quarter of a second, not the caller's
+        whole timeout.
+        """
+        server_hostname = host.rstrip(".") if tls is not None else None  # certificates name no root dot
         if local_host or not self.sources:
             local = (local_host, 0) if local_host else None
-            return await asyncio.open_connection(host, port, local_addr=local, ssl=tls, server_hostname=server_hostname)
+            return await asyncio.open_connection(
+                host, port, local_addr=local, ssl=tls, server_hostname=server_hostname,
+                happy_eyeballs_delay=NEXT_ADDRESS_DELAY,
+            )
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         errors: list[OSError] = []
-        for family, kind, proto, _, address in infos:
+        for n, (family, kind, proto, _, address) in enumerate(infos):
+            last = n == len(infos) - 1
             try:
-                sock = await _connect(loop, bound_socket(family, kind, proto, self.sources), address)
-            except OSError as exc:
-                errors.append(exc)
+                dial = _connect(loop, bound_socket(family, kind, proto, self.sources), address)
+                sock = await (dial if last else asyncio.wait_for(dial, BOUND_ATTEMPT_TIMEOUT))
+            except (OSError, asyncio.TimeoutError) as exc:
+                errors.append(exc if isinstance(exc, OSError) else OSError(f"{address[0]}: no answer"))
                 continue
             return await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=server_hostname)
         if len({str(e) for e in errors}) == 1:

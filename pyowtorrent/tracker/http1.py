@@ -34,6 +34,8 @@ __all__ = ["MAX_HEAD_BYTES", "MAX_REDIRECTS", "AnswerReader", "GetRequest", "Htt
 MAX_HEAD_BYTES = 16 * 1024
 # aiohttp's and libtorrent's limit alike.
 MAX_REDIRECTS = 5
+# Interim answers (1xx) skipped before the real one: more is a server spinning us.
+MAX_INTERIM = 8
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # zlib's wbits: 32 + 15 reads either a gzip or a zlib header (servers say "deflate" for the latter).
 _GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS
@@ -66,17 +68,20 @@ class GetRequest:
             raise HttpFailure(f"not an http:// or https:// URL: {url!r}")
         if not parts.hostname:
             raise HttpFailure(f"no host in {url!r}")
+        if port == 0:
+            raise HttpFailure(f"not a usable URL: port 0 in {url!r}")
         headers = [
             ("Host", parts.netloc.rpartition("@")[2]),
             ("User-Agent", user_agent),
             ("Accept-Encoding", "gzip"),
             ("Connection", "close"),
         ]
-        if parts.username is not None:  # http://user:password@host/ (RFC 7617 basic)
-            secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        if parts.username or parts.password:  # http://user:password@host/ (RFC 7617 basic)
+            secret = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
             headers.append(("Authorization", "Basic " + base64.b64encode(secret).decode()))
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(url, scheme, parts.hostname, port or (443 if scheme == "https" else 80), target, tuple(headers))
+        default = 443 if scheme == "https" else 80
+        return cls(url, scheme, parts.hostname, default if port is None else port, target, tuple(headers))
 
     def encode(self) -> bytes:
         conn = h11.Connection(h11.CLIENT)
@@ -116,6 +121,7 @@ class AnswerReader:
         self._head: h11.Response | None = None
         self._inflate: zlib._Decompress | None = None
         self._sent = 0  # body bytes as sent
+        self._interim = 0
         self._body = bytearray()
 
     def feed(self, data: bytes) -> HttpResponse | None:
@@ -126,6 +132,8 @@ class AnswerReader:
             raise HttpFailure(f"not a readable HTTP answer: {exc}") from None
         except zlib.error as exc:
             raise HttpFailure(f"not a readable compressed answer: {exc}") from None
+        except (ValueError, OverflowError) as exc:  # h11 < 0.15 let int() of a 5000-digit length through
+            raise HttpFailure(f"not a readable HTTP answer: {exc}") from None
 
     def _next(self) -> HttpResponse | None:
         while True:
@@ -141,8 +149,11 @@ class AnswerReader:
                 self._take(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 return self._finish()
-            # An InformationalResponse (100 Continue) is skipped; PAUSED cannot
-            # come before EndOfMessage, which returns.
+            elif isinstance(event, h11.InformationalResponse):  # 100 Continue and the like: skipped
+                self._interim += 1
+                if self._interim > MAX_INTERIM:
+                    raise HttpFailure(f"more than {MAX_INTERIM} interim (1xx) answers")
+            # PAUSED cannot come before EndOfMessage, which returns.
 
     def _start(self, head: h11.Response) -> HttpResponse | None:
         headers = dict((name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers)
