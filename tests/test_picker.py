@@ -613,15 +613,6 @@ def simulate(seed: int, num_pieces: int, blocks_per_piece: int, num_peers: int, 
     duplicated: set[Block] = set()  # requested from two peers at once: only in end-game
     deliveries: Counter[Block] = Counter()  # every arrival, for the attempt that passed
     passed = 0
-
-    def afresh(index: int) -> None:
-        """The piece's next attempt starts from nothing, crossed copies included."""
-        for stale in [b for b in deliveries if b.index == index]:
-            del deliveries[stale]
-        for stale in [b for b in in_flight if b.index == index]:
-            del in_flight[stale]
-        for other_queue in queues.values():
-            other_queue[:] = [b for b in other_queue if b.index != index]
     for _ in range(20_000):
         if picker.is_finished():
             break
@@ -660,7 +651,12 @@ def simulate(seed: int, num_pieces: int, blocks_per_piece: int, num_peers: int, 
                         continue
                     if rng.random() < corrupt:
                         picker.on_piece_failed(block.index)
-                        afresh(block.index)
+                        # the next attempt starts from nothing, crossed copies included
+                        for stale in [b for b in deliveries if b.index == block.index]:
+                            del deliveries[stale]
+                            in_flight.pop(stale, None)
+                        for other_queue in queues.values():
+                            other_queue[:] = [b for b in other_queue if b.index != block.index]
                     else:
                         picker.on_piece_passed(block.index)
                         passed += 1
@@ -708,68 +704,3 @@ def test_random_swarms_always_complete(seed: int, num_pieces: int, blocks_per_pi
 @pytest.mark.parametrize("seed", range(3))
 def test_a_download_with_corrupt_pieces_downloads_them_again_and_completes(seed: int) -> None:
     simulate(seed, num_pieces=30, blocks_per_piece=2, num_peers=4, corrupt=0.3)
-
-
-# -- parole: a failed piece is downloaded again by one source alone ------------------------------
-
-
-def ONLY_0(i: int) -> bool:
-    return i == 0
-
-
-def failed_piece() -> PiecePicker:
-    """Two pieces of two blocks; piece 0 was downloaded from "a" and "b" and failed."""
-    picker = PiecePicker(2, 2 * BLOCK, 4 * BLOCK, seed=0)
-    for peer in ("a", "b", "c"):
-        picker.peer_have_all(peer)
-    first, second = Block(0, 0, BLOCK), Block(0, BLOCK, BLOCK)
-    assert picker.pick("a", ONLY_0, 1) == [first] and picker.pick("b", ONLY_0, 1) == [second]
-    picker.on_block_received("a", first)
-    assert picker.on_block_received("b", second) == (True, [])
-    picker.on_piece_failed(0)
-    return picker
-
-
-def test_a_failed_piece_goes_to_the_first_peer_given_a_block_of_it_and_to_nobody_else() -> None:
-    picker = failed_piece()
-    assert picker.pick("b", ONLY_0, 1) == [Block(0, 0, BLOCK)]  # b now owns piece 0
-    assert all(b.index == 1 for b in picker.pick("a", ALL, 8))  # a gets piece 1, never piece 0
-    assert picker.pick("b", ONLY_0, 8) == [Block(0, BLOCK, BLOCK)]
-    assert picker.in_endgame()
-    assert [b.index for b in picker.pick("c", ALL, 8)] == [1, 1]  # end-game does not share piece 0 either
-    check_invariants(picker)
-
-
-def test_a_block_of_a_piece_on_parole_from_anyone_but_its_owner_is_refused() -> None:
-    picker = failed_piece()
-    picker.pick("b", ONLY_0, 2)
-    assert picker.take_block("a", Block(0, 0, BLOCK)) is None  # e.g. a late copy of a's old request
-    assert picker.take_block("b", Block(0, 0, BLOCK)) == (False, [])
-    assert picker.take_block("b", Block(0, BLOCK, BLOCK)) == (True, [])
-    picker.on_piece_passed(0)
-    assert picker._parole == {}
-    check_invariants(picker)
-
-
-@pytest.mark.parametrize("how", ["request failed", "peer gone"])
-def test_an_owner_that_lets_its_piece_down_loses_it_and_the_piece_is_shared_again(how: str) -> None:
-    """Parole never makes the download wait on one source: the piece goes back to the others, the
-    block its owner sent kept."""
-    picker = failed_piece()
-    picker.pick("b", ONLY_0, 2)
-    picker.take_block("b", Block(0, 0, BLOCK))
-    if how == "request failed":
-        picker.on_request_failed("b", Block(0, BLOCK, BLOCK))
-    else:
-        picker.on_peer_gone("b")
-    check_invariants(picker)
-    assert picker.pick("a", ONLY_0, 2) == [Block(0, BLOCK, BLOCK)]
-    assert picker.take_block("a", Block(0, BLOCK, BLOCK)) == (True, [])
-
-
-def test_a_web_seed_takes_a_piece_on_parole_whole_and_keeps_off_another_owners() -> None:
-    picker = failed_piece()
-    assert [b.index for b in picker.pick_run("web", 2, prefer=0)] == [0, 0]  # free, on parole for its taker
-    assert picker.pick("a", ALL, 4) == [Block(1, 0, BLOCK), Block(1, BLOCK, BLOCK)]  # piece 0 is the web seed's
-    assert all(b.index == 1 for b in picker.pick_run("web2", 4))  # end-game: a's piece, never the web seed's
-    check_invariants(picker)

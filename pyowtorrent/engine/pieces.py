@@ -80,10 +80,8 @@ class PieceAssembler:
         """Every block of ``index`` is in: hash it and, if good, write it (off the loop)."""
         if self.closed:
             return  # stopping: a piece completed now is one in flight, and lost
-        buf = self._buffers.pop(index)
-        senders = self._senders.pop(index, {})
-        self.queued_bytes += len(buf)
-        job = asyncio.get_running_loop().create_task(self._finish(index, buf, senders), name=f"piece {index}")
+        self.queued_bytes += len(self._buffers[index])
+        job = asyncio.get_running_loop().create_task(self._finish(index), name=f"piece {index}")
         self.jobs.add(job)
         job.add_done_callback(self.jobs.discard)
 
@@ -93,7 +91,9 @@ class PieceAssembler:
         while self.jobs:
             await asyncio.wait(list(self.jobs))
 
-    async def _finish(self, index: int, buf: memoryview, senders: dict[int, PeerIdentity]) -> None:
+    async def _finish(self, index: int) -> None:
+        buf = self._buffers.pop(index)
+        senders = self._senders.pop(index, {})
         try:
             try:
                 ok = await self.disk.run(self.storage.write_piece_if_valid, index, buf)

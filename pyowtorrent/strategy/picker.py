@@ -22,16 +22,6 @@ A source that serves byte ranges (a BEP 19 web seed) asks :meth:`PiecePicker.pic
 instead: blocks in a row, whole new pieces from the start of a gap of free
 pieces onwards, so one HTTP request fetches several pieces and a piece is never
 split between it and a peer outside end-game.
-
-Parole (libtorrent's, per piece): a piece that failed its hash is downloaded
-again by one source alone.  The first to be given a block of it owns it; no
-other source is given its blocks (end-game included), and a block of it from
-anyone else is refused.  If the owner fails a request of it (timeout, reject,
-choke) or goes, the piece is off parole and shared again as any other: the
-download never waits on one source.  So a liar that spoils every piece it
-shares with honest peers fails its next one alone, or an honest owner's good
-copy proves it (see :mod:`.smartban`); a liar that also leaves requests
-unanswered is left to smart ban's trust points.
 """
 
 from __future__ import annotations
@@ -185,7 +175,6 @@ class PiecePicker:
         # Peer -> the pieces a scan of every free piece found none in: not scanned again until they change.
         self._barren: dict[Hashable, PeerHas] = {}
         self._sequential = False
-        self._parole: dict[int, Hashable | None] = {}  # failed piece -> the one source it is for (None: not yet)
 
     # -- our own pieces -------------------------------------------------
 
@@ -199,7 +188,6 @@ class PiecePicker:
         if self._availability.priority[index]:
             self._wanted_missing -= 1
         piece = self._partial.pop(index, None)
-        self._parole.pop(index, None)
         if piece is not None:
             self._open.pop(index, None)
             self._forget_requests(piece)
@@ -277,18 +265,16 @@ class PiecePicker:
         if count <= 0:
             return []
         has: Callable[[int], object] = peer_has if callable(peer_has) else peer_has.__getitem__
-        if self._parole:  # pieces on parole for others are not this peer's (never free: no memo to spoil)
-            has = _not_others(self._parole, peer, has)
         self._availability.clean()
         out: list[Block] = []
         if self._open:
-            _pick_partial(self, peer, has, count, out)
+            self._pick_partial(peer, has, count, out)
         if len(out) < count and self._barren.get(peer) is not peer_has and not self._pick_free(peer, has, count, out):
             self._barren[peer] = peer_has
         room = ENDGAME_DEPTH - len(self._outstanding.get(peer, ()))
         if len(out) < count and room > 0 and self.in_endgame():
-            _pick_endgame(self, peer, has, len(out) + min(count - len(out), room), out)
-        return self._claim(peer, out)
+            self._pick_endgame(peer, has, len(out) + min(count - len(out), room), out)
+        return out
 
     def pick_run(self, peer: Hashable, count: int, prefer: int | None = None) -> list[Block]:
         """Up to ``count`` blocks in a row, in byte order, for a source that serves byte ranges (a
@@ -297,15 +283,14 @@ class PiecePicker:
         the piece :meth:`pick` would start, else in a started piece with free blocks, else
         (end-game) at blocks others have out; it runs on into the free pieces that follow."""
         free, prio, partial = self._availability, self._availability.priority, self._partial
-        mine_only = _not_others(self._parole, peer, _ANY)
-        opened = [partial[i] for i in self._open if prio[i] and mine_only(i)]
+        opened = [partial[i] for i in self._open if prio[i]]
         piece = next((p for p in opened if not p.requesters), None)
         if piece is None:
             first = free.first(self._sequential, prefer)
             piece = self._start(first) if first is not None else next(iter(opened), None)
         endgame = piece is None and self.in_endgame()
         if endgame:
-            piece = next((p for i, p in partial.items() if prio[i] and p.requesters and peer not in p.peers and mine_only(i)), None)
+            piece = next((p for i, p in partial.items() if prio[i] and p.requesters and peer not in p.peers), None)
         out: list[Block] = []
         mine = self._outstanding.setdefault(peer, set())
         while piece is not None:
@@ -314,7 +299,7 @@ class PiecePicker:
                 self._open.pop(piece.index, None)
             nxt = piece.index + 1
             piece = self._start(nxt) if more and nxt < self.num_pieces and free.is_free(nxt) else None
-        return self._claim(peer, out)
+        return out
 
     def on_block_received(self, peer: Hashable, block: Block) -> tuple[bool, list[Hashable]]:
         """:meth:`take_block`, with ``(False, [])`` for a block not wanted."""
@@ -324,8 +309,8 @@ class PiecePicker:
         """Record a block's arrival: whether its piece is complete (hash it, then :meth:`on_piece_passed`
         or :meth:`on_piece_failed`) and the other peers with a request out for it, to cancel.  ``None``
         for a duplicate, unwanted or malformed block, which changes nothing (see :meth:`wants_block`)."""
-        if not self.wants_block(block) or self._parole.get(block.index, peer) != peer:
-            return None  # (on parole: only its owner's blocks, and none left over from before it)
+        if not self.wants_block(block):
+            return None
         index, bno = block.index, block.begin // BLOCK_SIZE
         piece = self._partial.get(index)
         if piece is None:  # unrequested but welcome: start the piece
@@ -364,15 +349,11 @@ class PiecePicker:
         out = self._outstanding.get(peer)
         if out is None or key not in out or block.begin % BLOCK_SIZE:
             return
-        if self._parole.get(block.index) == peer:  # its owner let it down: shared again
-            del self._parole[block.index]
         out.remove(key)
         self._drop_request(peer, *key)
 
     def on_peer_gone(self, peer: Hashable) -> None:
         """Every request still out to ``peer`` goes back to the pool."""
-        for index in [i for i, owner in self._parole.items() if owner == peer]:
-            del self._parole[index]  # shared again
         out = self._outstanding.pop(peer, None)
         for index, bno in sorted(out or ()):
             self._drop_request(peer, index, bno)
@@ -389,7 +370,7 @@ class PiecePicker:
         self.we_have(index)
 
     def on_piece_failed(self, index: int) -> None:
-        """Hash check failed: every block of the piece must be downloaded again, from one source (parole)."""
+        """Hash check failed: every block of the piece must be downloaded again."""
         self._check_index(index)
         piece = self._partial.pop(index, None)
         if piece is None:
@@ -398,7 +379,6 @@ class PiecePicker:
         self._forget_requests(piece)
         if not self.have_flags[index]:
             self._put_back(index)
-            self._parole[index] = None
 
     def in_endgame(self) -> bool:
         """Every wanted block we lack is requested or received (and some are missing)."""
@@ -407,6 +387,24 @@ class PiecePicker:
         return not any(map(self._availability.priority.__getitem__, self._open))
 
     # -- picking --------------------------------------------------------------
+
+    def _pick_partial(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
+        prio = self._availability.priority
+        cands = [i for i in self._open if prio[i] and has(i)]
+        if not cands:
+            return
+        if self._sequential:
+            cands.sort(key=lambda i: (-prio[i], i))
+        else:  # stable: the oldest piece first among equals
+            cands.sort(key=lambda i: (-prio[i], peer not in self._partial[i].peers))
+        mine = self._outstanding.setdefault(peer, set())
+        for i in cands:
+            piece = self._partial[i]
+            piece.request(peer, count - len(out), mine, out)
+            if not piece.unrequested:
+                self._open.pop(i, None)
+            if len(out) >= count:
+                return
 
     def _pick_free(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> bool:
         """Start free pieces the peer has; False if it has none of them (all were scanned)."""
@@ -437,13 +435,23 @@ class PiecePicker:
                 return True
         return need != wanted
 
-    def _claim(self, peer: Hashable, out: list[Block]) -> list[Block]:
-        parole = self._parole
-        if parole:
-            for block in out:
-                if block.index in parole:
-                    parole[block.index] = peer
-        return out
+    def _pick_endgame(self, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
+        cands: list[tuple[int, int, int]] = []
+        prio = self._availability.priority
+        for index, piece in self._partial.items():
+            if not prio[index] or not has(index):
+                continue
+            for bno, reqs in piece.requesters.items():
+                if peer not in reqs:
+                    cands.append((len(reqs), index, bno))
+        cands.sort()  # least duplicated first, so the extra requests spread out
+        mine = self._outstanding.setdefault(peer, set())
+        for _, index, bno in cands[: count - len(out)]:
+            piece = self._partial[index]
+            piece.requesters[bno].append(peer)
+            piece.peers.add(peer)
+            mine.add((index, bno))
+            out.append(piece.block(bno))
 
     def _start(self, index: int) -> _Piece:
         self._availability.discard(index)
@@ -487,53 +495,6 @@ class PiecePicker:
         return self._last_length if index == self.num_pieces - 1 else self.piece_length
 
 
-def _pick_partial(picker: PiecePicker, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
-    prio = picker._availability.priority
-    cands = [i for i in picker._open if prio[i] and has(i)]
-    if not cands:
-        return
-    if picker._sequential:
-        cands.sort(key=lambda i: (-prio[i], i))
-    else:  # stable: the oldest piece first among equals
-        cands.sort(key=lambda i: (-prio[i], peer not in picker._partial[i].peers))
-    mine = picker._outstanding.setdefault(peer, set())
-    for i in cands:
-        piece = picker._partial[i]
-        piece.request(peer, count - len(out), mine, out)
-        if not piece.unrequested:
-            picker._open.pop(i, None)
-        if len(out) >= count:
-            return
-
-
-def _pick_endgame(picker: PiecePicker, peer: Hashable, has: Callable[[int], object], count: int, out: list[Block]) -> None:
-    cands: list[tuple[int, int, int]] = []
-    prio = picker._availability.priority
-    for index, piece in picker._partial.items():
-        if not prio[index] or not has(index):
-            continue
-        for bno, reqs in piece.requesters.items():
-            if peer not in reqs:
-                cands.append((len(reqs), index, bno))
-    cands.sort()  # least duplicated first, so the extra requests spread out
-    mine = picker._outstanding.setdefault(peer, set())
-    for _, index, bno in cands[: count - len(out)]:
-        piece = picker._partial[index]
-        piece.requesters[bno].append(peer)
-        piece.peers.add(peer)
-        mine.add((index, bno))
-        out.append(piece.block(bno))
-
-
-def _ANY(index: int) -> bool:  # a source that has every piece (a web seed)
-    return True
-
-
-def _not_others(parole: dict[int, Hashable | None], peer: Hashable, has: Callable[[int], object]) -> Callable[[int], bool]:
-    """``has`` without the pieces on parole for another source."""
-    return lambda i: bool(has(i)) and parole.get(i, peer) in (None, peer)
-
-
 def check_invariants(picker: PiecePicker) -> None:
     """Assert the picker's internal structures agree with each other (for tests)."""
     have, partial, prio = picker.have_flags, picker._partial, picker._availability.priority
@@ -547,9 +508,4 @@ def check_invariants(picker: PiecePicker) -> None:
         assert (index in picker._open) == (piece.unrequested > 0), index
         requested |= piece.check_invariants()
     assert set(picker._open) <= set(picker._partial)
-    for index, owner in picker._parole.items():  # on parole: only its owner has requests out for it
-        assert not have[index]
-        started = partial.get(index)
-        assert owner is not None or started is None or not started.requesters, index
-        assert started is None or all(q == owner for reqs in started.requesters.values() for q in reqs), index
     assert requested == {(q, i, b) for q, out in picker._outstanding.items() for i, b in out}

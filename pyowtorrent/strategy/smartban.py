@@ -18,10 +18,10 @@ trusted strictly less than every other sender of that piece.  A liar is in
 every piece it spoils, so an honest peer never falls below it; and an
 honest peer in the same failures earns its points back with every good
 piece it sends, which the liar does not.  On a tie nobody is convicted: an
-honest peer whose every piece the liar spoilt has lost exactly as much.
-Ties are broken by the picker's parole (a failed piece is downloaded again
-by one source alone): the liar's next attempt fails with it the sole
-sender, or an honest peer's passes and proves it.
+honest peer whose every piece the liar spoilt has lost exactly as much
+(libtorrent avoids that case with parole mode, giving a suspect whole
+pieces to itself; we have no parole), and the sole-sender rule or the proof
+from a passed piece decides instead.
 """
 
 from __future__ import annotations

@@ -1206,21 +1206,15 @@ def test_a_peer_corrupting_every_block_it_sends_is_banned(
 @pytest.mark.parametrize("answers", [("corrupt", "ignore"), ("ignore", "corrupt")])
 def test_a_peer_corrupting_some_blocks_and_leaving_the_rest_unanswered_is_found_out(answers: tuple[str, ...]) -> None:
     """Bug C: the piece fails with two senders every time (the honest seeder sends the blocks the liar
-    ignores), so neither smart ban's proof nor its sole-sender rule can convict; trust points do.
-
-    Parole costs this liar's case time: after a failure the piece may go to the liar alone, and it is
-    shared again only when the liar's unanswered requests time out.  So the bound here is the usual
-    one plus two request timeouts, and the ban must come."""
+    ignores), so neither smart ban's proof nor its sole-sender rule can convict; trust points do."""
     outcome = run_scenario(partial_liar(answers))
     leech = outcome.sim.peers["leech"]
     assert leech.completed_at is not None, (
         f"{sum(isinstance(e, PieceFailed) for e in leech.events)} hash failures, "
         f"{sum(isinstance(e, PeerBanned) for e in leech.events)} bans"
     )
-    assert [e.ip for e in leech.events if isinstance(e, PeerBanned)] == ["10.66.0.1"]
-    assert leech.completed_at - leech.joined_at <= bound(outcome) + 2 * REQUEST_TIMEOUT
-    assert outcome.stalled is None
-    assert outcome.sim.byte_exact(leech)
+    assert any(isinstance(e, PeerBanned) for e in leech.events)
+    check(outcome, [])
 
 
 def lone_pair(size: int, rate: float, monitors: tuple[Callable[[SwarmSim], object], ...] = ()) -> SwarmSim:
