@@ -93,23 +93,3 @@ def test_only_a_sender_of_failed_pieces_is_ever_convicted_and_trust_stays_in_bou
         for s in "abcd":
             assert ban.trust(s) <= TRUST_MAX
     assert len(ban._trust) <= MAX_TRUST_ENTRIES
-
-
-def test_an_honest_peer_whose_every_piece_the_liar_spoilt_is_never_convicted_on_trust() -> None:
-    """Every piece has blocks of both, so every piece fails and neither earns a point: a tie, and a
-    tie convicts nobody (the sole-sender rule or a passed piece's proof decides instead)."""
-    ban: SmartBan[str] = SmartBan()
-    for index in range(20):
-        assert ban.piece_failed(index, BAD, {0: "liar", BLOCK_SIZE: "honest"}) == []
-    assert ban.trust("honest") == ban.trust("liar") < TRUST_BAN
-
-
-def test_with_a_third_sender_trusted_more_the_tie_at_the_bottom_still_convicts_nobody() -> None:
-    ban: SmartBan[str] = SmartBan()
-    for index in range(50):
-        ban.piece_passed(1000 + index, GOOD, {0: "trusted"})
-    for index in range(6):
-        senders = {0: "liar", BLOCK_SIZE: "honest", 2 * BLOCK_SIZE: "trusted"}
-        assert ban.piece_failed(index, BAD + GOOD[:BLOCK_SIZE], senders) == []
-    # the liar spoils one more piece, without the honest peer: now it alone is least trusted
-    assert [who for who, _ in ban.piece_failed(99, BAD, {0: "liar", BLOCK_SIZE: "trusted"})] == ["liar"]

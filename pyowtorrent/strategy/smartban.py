@@ -12,16 +12,9 @@ of a piece and never answers for the rest can keep it from passing for ever
 (the rest comes from honest peers, so it is never the sole sender).  So every
 peer also has libtorrent's trust points: each failed piece it sent a block
 of costs it :data:`TRUST_PENALTY`, each piece that passed with a block of
-its earns one back, up to :data:`TRUST_MAX`.  The least trusted sender of a
-failed piece is convicted once it is at :data:`TRUST_BAN` or below and
-trusted strictly less than every other sender of that piece.  A liar is in
-every piece it spoils, so an honest peer never falls below it; and an
-honest peer in the same failures earns its points back with every good
-piece it sends, which the liar does not.  On a tie nobody is convicted: an
-honest peer whose every piece the liar spoilt has lost exactly as much
-(libtorrent avoids that case with parole mode, giving a suspect whole
-pieces to itself; we have no parole), and the sole-sender rule or the proof
-from a passed piece decides instead.
+its earns one back, up to :data:`TRUST_MAX`; at :data:`TRUST_BAN` it is
+convicted.  An honest peer in the same failures earns its points back with
+every good piece it sends; the liar does not.
 """
 
 from __future__ import annotations
@@ -37,9 +30,6 @@ __all__ = ["SmartBan"]
 # A peer that was the only source of this many pieces that failed their hash is banned.
 MAX_SOLE_HASH_FAILURES = 2
 MAX_EVIDENCE_PIECES = 256
-# Block records kept for one piece, as a multiple of its blocks: a piece failing again and again
-# keeps its latest failures' evidence, not every one.
-EVIDENCE_ROUNDS = 8
 # libtorrent's trust points: -2 per failed piece a peer took part in, +1 per passed one, at most
 # 8 (a long good record buys only a few failures), banned at -7: four failures from a clean start.
 TRUST_PENALTY = 2
@@ -68,7 +58,6 @@ class SmartBan(Generic[Sender]):
         evidence = self._evidence.setdefault(index, [])
         for begin, sender in senders.items():
             evidence.append((begin, _block_digest(data, begin), sender))
-        del evidence[: max(0, len(evidence) - EVIDENCE_ROUNDS * len(senders))]
         distinct = set(senders.values())
         out: list[tuple[Sender, str]] = []
         if len(distinct) == 1:
@@ -77,13 +66,9 @@ class SmartBan(Generic[Sender]):
             if n >= self.max_sole_failures:
                 out.append((sender, f"sent {n} pieces that failed their hash check"))
         for sender in distinct:
-            self._trust[sender] = self._trust.get(sender, 0) - TRUST_PENALTY
-        if len(distinct) > 1:
-            ranked = sorted(distinct, key=self._trust.__getitem__)
-            least, runner_up = ranked[0], ranked[1]
-            trust = self._trust[least]
-            if trust <= TRUST_BAN and trust < self._trust[runner_up] and all(s != least for s, _ in out):
-                out.append((least, f"took part in too many pieces that failed their hash check (trust {trust})"))
+            trust = self._trust[sender] = self._trust.get(sender, 0) - TRUST_PENALTY
+            if trust <= TRUST_BAN and all(s != sender for s, _ in out):
+                out.append((sender, f"took part in too many pieces that failed their hash check (trust {trust})"))
         if len(self._trust) > MAX_TRUST_ENTRIES:  # keep the half under the most suspicion
             self._trust = dict(sorted(self._trust.items(), key=lambda item: item[1])[: MAX_TRUST_ENTRIES // 2])
         if len(self._sole_failures) > MAX_TRUST_ENTRIES:
