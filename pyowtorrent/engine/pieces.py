@@ -101,7 +101,7 @@ class PieceAssembler:
                 self.results.storage_failed(index, exc)
                 return
             if ok:
-                bans = self.smart_ban.piece_passed(index, buf, senders)
+                bans = self.smart_ban.piece_passed(index, buf) if len(self.smart_ban) else []
                 self.results.piece_passed(index)
             else:
                 bans = self.smart_ban.piece_failed(index, buf, senders)
