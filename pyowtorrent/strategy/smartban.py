@@ -21,6 +21,12 @@ __all__ = ["SmartBan"]
 # A peer that was the only source of this many pieces that failed their hash is banned.
 MAX_SOLE_HASH_FAILURES = 2
 MAX_EVIDENCE_PIECES = 256
+# Block records kept for one piece, as a multiple of its blocks: a piece that fails again and
+# again keeps its latest rounds' evidence, not every one's.
+EVIDENCE_ROUNDS = 8
+# Peers whose sole failures are counted; past this, those with the fewest are forgotten (an
+# attacker with many identities cannot grow the record without bound).
+MAX_SOLE_RECORDS = 4096
 
 Buffer = bytes | bytearray | memoryview
 Sender = TypeVar("Sender", bound=Hashable)  # whoever sent a block, as the caller identifies peers
@@ -40,11 +46,15 @@ class SmartBan(Generic[Sender]):
         evidence = self._evidence.setdefault(index, [])
         for begin, sender in senders.items():
             evidence.append((begin, _block_digest(data, begin), sender))
+        del evidence[: max(0, len(evidence) - EVIDENCE_ROUNDS * len(senders))]
         distinct = set(senders.values())
         if len(distinct) != 1:
             return []
         (sender,) = distinct
         n = self._sole_failures[sender] = self._sole_failures.get(sender, 0) + 1
+        if len(self._sole_failures) > MAX_SOLE_RECORDS:
+            kept = sorted(self._sole_failures.items(), key=lambda item: -item[1])[: MAX_SOLE_RECORDS // 2]
+            self._sole_failures = dict(kept)
         if n >= self.max_sole_failures:
             return [(sender, f"sent {n} pieces that failed their hash check")]
         return []
