@@ -1253,6 +1253,41 @@ def test_a_peer_corrupting_some_blocks_and_leaving_the_rest_unanswered_is_found_
     check(outcome, [], set_aside=False)
 
 
+def two_half_honest_liars() -> Scenario:
+    """Found by 1500 fuzz examples against a trust-point rule (since reverted): two peers with every
+    piece, each answering some requests honestly and some wrongly, beside the honest seeder (and a
+    third hostile that offers nothing).  The seeder sends most blocks, so it takes part in more failed
+    pieces than either liar: a rule that convicts on failures taken part in banned it, and the leecher
+    got nothing."""
+    shape = Shape(SIZES[0])
+    full = Send((Msg("bitfield(full)", frame(5, shape.full_bitfield())), Msg("unchoke", frame(1))))
+    keep_alive = Msg("keep-alive", bytes(4))
+    idle = Talk(
+        Opening("proper", reserved=bytes([0, 0, 0, 0, 0, 0x10, 0, 0x04]), id_seed=687461, wait=True),
+        (Send((Msg("have-none", frame(15)),)), Send((keep_alive,)), Pause(0.0), Send((keep_alive, keep_alive)), Send((keep_alive,))),
+        ("honest",) * 4,
+        read=False,
+    )
+    answering = Talk(Opening("proper", wait=False), (full,), ("honest", "other-block", "corrupt"))
+    dialling = Talk(Opening("proper", id_seed=100000001, wait=False), (full,), ("honest", "random", "ignore"))
+    return Scenario(
+        shape.size,
+        2834,
+        (
+            Hostile(0.0, ("leech",), idle, ()),
+            Hostile(0.0, ("leech",), answering, ()),
+            Hostile(0.0, ("leech",), Talk(Opening("proper", wait=False), ()), (Dial("leech", 0.0, dialling),)),
+        ),
+    )
+
+
+def test_two_half_honest_liars_do_not_get_the_honest_seeder_banned(engine_logs: pytest.LogCaptureFixture) -> None:
+    outcome = run_scenario(two_half_honest_liars())
+    check(outcome, engine_logs.records, set_aside=False)
+    seed_ip = outcome.sim.peers["seed"].host.ip
+    assert seed_ip not in {e.ip for e in outcome.sim.peers["leech"].events if isinstance(e, PeerBanned)}
+
+
 def lone_pair(size: int, rate: float, monitors: tuple[Callable[[SwarmSim], object], ...] = ()) -> SwarmSim:
     """A seeder and one leecher, no hostile peer: both links ``rate`` bytes/s up, 20 MB/s down."""
     payload = make_payload(size, seed=1)
