@@ -29,7 +29,7 @@ import pytest
 
 from pyowtorrent.engine.announcer import announce_options
 from pyowtorrent.engine.net import TcpNetwork, source_addresses, source_for
-from pyowtorrent.engine.http_client import HttpClient
+from pyowtorrent.engine.http_client import HttpClient, HttpFailure
 from pyowtorrent.engine.trackers import UdpTracker
 from pyowtorrent.storage.create import create_torrent
 from pyowtorrent.tracker.http_codec import AnnounceRequest
@@ -157,6 +157,61 @@ def test_a_bound_session_still_reaches_the_other_family() -> None:
 
     with Namespace([US]) as ns:
         assert ns.run(main, timeout=30) == ["::1", US]
+
+
+def test_a_tracker_on_a_public_address_cannot_redirect_announces_to_a_local_one() -> None:
+    """libtorrent's SSRF mitigation: a tracker named in a torrent may send us to another public
+    address, but not into our own network (loopback here).  The namespace gives the test two
+    addresses that count as public."""
+    public, other = "203.0.113.5", "203.0.113.6"
+
+    async def main() -> list[str]:
+        hits: list[str] = []
+
+        async def local_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            hits.append("local")
+            writer.close()
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            hits.append("other")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        local = await asyncio.start_server(local_service, "127.0.0.1", 0)
+        elsewhere = await asyncio.start_server(answer, other, 0)
+        targets = {
+            b"/to-local": f"http://127.0.0.1:{local.sockets[0].getsockname()[1]}/announce",
+            b"/to-public": f"http://{other}:{elsewhere.sockets[0].getsockname()[1]}/announce",
+        }
+
+        async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            path = (await reader.readuntil(b"\r\n\r\n")).split(b" ", 2)[1]
+            writer.write(b"HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n" % targets[path].encode())
+            await writer.drain()
+            writer.close()
+
+        tracker = await asyncio.start_server(redirect, public, 0)
+        port = tracker.sockets[0].getsockname()[1]
+        http = HttpClient("test")
+        outcomes = []
+        try:
+            try:
+                await http.get(f"http://{public}:{port}/to-local", timeout=10, max_body=100)
+                outcomes.append("followed")
+            except HttpFailure as exc:
+                outcomes.append(str(exc))
+            outcomes.append(str((await http.get(f"http://{public}:{port}/to-public", timeout=10, max_body=100)).body))
+        finally:
+            for server in (local, elsewhere, tracker):
+                server.close()
+        return outcomes + hits
+
+    with Namespace([public, other]) as ns:
+        refused, body, *hits = ns.run(main, timeout=30)
+    assert refused.startswith("redirected from a public address to a local one"), refused
+    assert body == "b'ok'" and hits == ["other"]  # nothing ever reached the local service
 
 
 # -- on the host's loopback -----------------------------------------------------------------

@@ -16,11 +16,12 @@ tracker is asked, once per client.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Sequence
 
 from ..tracker.http1 import MAX_REDIRECTS, AnswerReader, GetRequest, HttpFailure, HttpResponse
-from .net import TcpNetwork
+from .net import TcpNetwork, is_local_address
 
 __all__ = ["HttpClient", "HttpFailure", "HttpResponse"]
 
@@ -44,12 +45,16 @@ class HttpClient:
 
         The status may be anything; a body (sent or decoded) over ``max_body``
         bytes, an unreadable answer, a refused connection or the timeout is an
-        :class:`HttpFailure`.
+        :class:`HttpFailure`.  A server on a public address may not redirect us
+        to a local one (libtorrent's SSRF mitigation): a tracker named in a
+        torrent must not be able to make us probe our own network.
         """
+        public = False
         try:
             async with asyncio.timeout(timeout):
-                for _ in range(MAX_REDIRECTS + 1):
-                    response = await self._get_once(url, max_body)
+                for hop in range(MAX_REDIRECTS + 1):
+                    response, local = await self._get_once(url, max_body, refuse_local=public)
+                    public = public or (hop == 0 and not local)
                     if response.location is None:
                         return response
                     url = response.location
@@ -57,27 +62,46 @@ class HttpClient:
             raise HttpFailure(f"no answer within {timeout:g} s") from None
         raise HttpFailure(f"more than {MAX_REDIRECTS} redirects")
 
-    async def _get_once(self, url: str, max_body: int) -> HttpResponse:
+    async def _get_once(self, url: str, max_body: int, *, refuse_local: bool) -> tuple[HttpResponse, bool]:
+        """The answer to one GET, and whether the server was on a local address."""
         request = GetRequest.parse(url, self.user_agent)
         head = request.encode()
         tls = self._tls_context() if request.scheme == "https" else None
+        if refuse_local and await self._resolves_local(request.host, request.port):
+            raise HttpFailure(f"redirected from a public address to a local one ({request.host}): refused")
         try:
             reader, writer = await self.network.connect(request.host, request.port, tls=tls)
         except (OSError, ssl.SSLError, UnicodeError) as exc:  # UnicodeError: a host name IDNA refuses
             raise HttpFailure(f"cannot connect to {request.host}:{request.port}: {exc}") from None
         try:
+            peer = writer.get_extra_info("peername")
+            local = peer is not None and is_local_address(str(peer[0]))  # the address we reached, not the name
+            if local and refuse_local:  # the name resolved otherwise a moment ago (DNS rebinding)
+                raise HttpFailure(f"redirected from a public address to a local one ({request.host}): refused")
             writer.write(head)
             answer = AnswerReader(url, max_body)
             while True:
                 response = answer.feed(await reader.read(_READ))
                 if response is not None:
-                    return response
+                    return response, local
         except (OSError, ssl.SSLError) as exc:
             raise HttpFailure(f"connection to {request.host}:{request.port} failed: {exc}") from None
         finally:
             # The answer is framed and read (or given up on): no goodbye owed, and a TLS
             # close_notify the tracker never answers would hold the socket for 30 s.
             writer.transport.abort()
+
+    @staticmethod
+    async def _resolves_local(host: str, port: int) -> bool:
+        """Whether ``host`` is, or resolves to, a local address: checked before dialling, since
+        a connection attempt is itself a probe of the local network."""
+        if is_local_address(host):
+            return True
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            return False  # the dial will fail and say so
+        return any(is_local_address(str(info[4][0])) for info in infos)
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:

@@ -31,6 +31,7 @@ __all__ = [
     "Network",
     "TcpNetwork",
     "bound_socket",
+    "is_local_address",
     "source_addresses",
     "source_for",
 ]
@@ -70,6 +71,24 @@ def source_addresses(listen: Iterable[str]) -> tuple[str, ...]:
         else:
             chosen.setdefault(family, str(ip))
     return tuple(addr for family, addr in chosen.items() if family not in wildcard)
+
+
+# libtorrent's is_local: loopback, private (RFC 1918, RFC 6598 shared), link-local, IPv6 unique-local.
+_LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "fc00::/7")
+)
+
+
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` (an IP literal) is this machine or its local network; a name is not."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or any(ip in n for n in _LOCAL_NETWORKS)
 
 
 def source_for(sources: Sequence[str], family: int) -> str | None:
