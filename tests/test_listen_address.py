@@ -184,6 +184,7 @@ def test_a_tracker_on_a_public_address_cannot_redirect_announces_to_a_local_one(
         targets = {
             b"/to-local": f"http://127.0.0.1:{local.sockets[0].getsockname()[1]}/announce",
             b"/to-public": f"http://{other}:{elsewhere.sockets[0].getsockname()[1]}/announce",
+            b"/to-bad-name": "http://a..b/announce",  # a name IDNA refuses: checked, then a failure like any
         }
 
         async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -203,14 +204,20 @@ def test_a_tracker_on_a_public_address_cannot_redirect_announces_to_a_local_one(
             except HttpFailure as exc:
                 outcomes.append(str(exc))
             outcomes.append(str((await http.get(f"http://{public}:{port}/to-public", timeout=10, max_body=100)).body))
+            try:
+                await http.get(f"http://{public}:{port}/to-bad-name", timeout=10, max_body=100)
+                outcomes.append("followed")
+            except HttpFailure as exc:
+                outcomes.append(str(exc))
         finally:
             for server in (local, elsewhere, tracker):
                 server.close()
         return outcomes + hits
 
     with Namespace([public, other]) as ns:
-        refused, body, *hits = ns.run(main, timeout=30)
+        refused, body, bad_name, *hits = ns.run(main, timeout=30)
     assert refused.startswith("redirected from a public address to a local one"), refused
+    assert bad_name.startswith("cannot connect to a..b"), bad_name
     assert body == "b'ok'" and hits == ["other"]  # nothing ever reached the local service
 
 

@@ -99,7 +99,7 @@ class HttpClient:
             return True
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError:
+        except (OSError, UnicodeError):  # UnicodeError: a name IDNA refuses ("a..b")
             return False  # the dial will fail and say so
         return any(is_local_address(str(info[4][0])) for info in infos)
 

@@ -8,7 +8,7 @@ owns the socket::
 
     request = GetRequest.parse(url, user_agent)     # or HttpFailure
     send(request.encode())
-    answer = AnswerReader(max_body)
+    answer = AnswerReader(url, max_body)
     while (response := answer.feed(receive())) is None:   # b"" at end of stream
         pass
     if response.location is not None:               # a redirect: GET response.location
