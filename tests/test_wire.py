@@ -704,6 +704,20 @@ def test_send_pieces_gives_the_bytes_of_one_send_per_piece(keys: list[tuple[int,
     assert batched.send_pieces([(i, b, memoryview(d)) for i, b, d in pieces]) == expected
 
 
+@given(st.lists(st.integers(0, NUM_PIECES - 1), max_size=20), st.booleans())
+def test_send_haves_gives_the_bytes_of_one_send_per_have(indices: list[int], fast: bool) -> None:
+    one_by_one, batched = requesting(fast=fast), requesting(fast=fast)
+    assert batched.send_haves(indices) == b"".join(one_by_one.send(Have(i)) for i in indices)
+
+
+def test_send_haves_refuses_what_send_refuses() -> None:
+    with pytest.raises(LocalProtocolError):
+        requesting().send_haves([0, NUM_PIECES])
+    with pytest.raises(LocalProtocolError, match="first"):
+        connected().send_haves([0])  # the fast extension: have-none or a bitfield first
+    assert connected(fast=False).send_haves([1, 2]) == connected(fast=False).send(Have(1)) + b"\0\0\0\x05\x04\0\0\0\x02"
+
+
 @pytest.mark.parametrize("key", [(NUM_PIECES, 0, BLOCK), (0, 0, BLOCK + 1), (NUM_PIECES - 1, BLOCK, BLOCK)])
 def test_send_pieces_refuses_a_block_outside_the_torrent(key: tuple[int, int, int]) -> None:
     index, begin, length = key

@@ -453,7 +453,7 @@ class HaveBatch:
         """The haves' bytes, to write first in the next write."""
         if not self.pieces:
             return b""
-        data = b"".join(self.peer.conn.send(ev.Have(i)) for i in self.pieces)
+        data = self.peer.conn.send_haves(self.pieces)
         self.pieces.clear()
         return data
 

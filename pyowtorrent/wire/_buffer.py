@@ -65,6 +65,22 @@ class ByteQueue:
             self.size -= len(view)
             self.append(bytes(view))  # merged with a small chunk before it, as any append
 
+    def first(self) -> tuple[bytes | memoryview, int]:
+        """The first chunk and the offset of its first byte not taken (``b"", 0`` when empty):
+        a reader may read messages in place, then :meth:`skip` them."""
+        chunks = self._chunks
+        return (chunks[0], self._offset) if chunks else (b"", 0)
+
+    def skip(self, n: int) -> None:
+        """Take ``n`` bytes that lie in the first chunk (after :meth:`first`)."""
+        end = self._offset + n
+        self.size -= n
+        if end < len(self._chunks[0]):
+            self._offset = end
+        else:
+            self._chunks.popleft()
+            self._offset = 0
+
     def peek_byte(self) -> int:
         """The next byte, without taking it (size must be at least 1)."""
         return self._chunks[0][self._offset]

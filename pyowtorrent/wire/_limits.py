@@ -177,18 +177,19 @@ class HeaderRules:
 
     def check(self, msg_id: int, length: int) -> None:
         """Refuse message ``msg_id`` of ``length`` bytes (id included)."""
-        fixed = self._fixed_lengths.get(msg_id)
-        if fixed is not None:
-            if length != fixed:
-                raise RemoteProtocolError(
-                    Violation.WRONG_MESSAGE_LENGTH, f"{_name(msg_id)} of length {length}, not {fixed}"
-                )
-        elif msg_id == _PIECE:
+        if msg_id == _PIECE:  # first: a leecher gets one per 16 KiB
             if length < 9:
                 raise RemoteProtocolError(Violation.WRONG_MESSAGE_LENGTH, f"piece of length {length}")
             if length - 9 > self._max_block:
                 raise RemoteProtocolError(
                     Violation.MESSAGE_TOO_LONG, f"a block of {length - 9} bytes, the limit is {self._max_block}"
+                )
+            return
+        fixed = self._fixed_lengths.get(msg_id)
+        if fixed is not None:
+            if length != fixed:
+                raise RemoteProtocolError(
+                    Violation.WRONG_MESSAGE_LENGTH, f"{_name(msg_id)} of length {length}, not {fixed}"
                 )
         elif msg_id == _BITFIELD:
             # BEP 3 and 6 put the bitfield (and have all, have none) first only; aria2

@@ -55,15 +55,18 @@ class RequestLedger:
 
     def answer(self, key: BlockKey) -> bool:
         """Count a piece or reject against our requests; False if none expected it."""
-        for expected in (self._requested, self._tolerated):
+        expected = self._requested
+        count = expected.get(key)
+        if count is None:
+            expected = self._tolerated
             count = expected.get(key)
-            if count is not None:
-                if count == 1:
-                    del expected[key]
-                else:
-                    expected[key] = count - 1
-                return True
-        return False
+            if count is None:
+                return False
+        if count == 1:
+            del expected[key]
+        else:
+            expected[key] = count - 1
+        return True
 
     def _tolerate(self, key: BlockKey, times: int) -> None:
         self._tolerated[key] = self._tolerated.pop(key, 0) + times

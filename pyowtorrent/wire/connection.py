@@ -104,8 +104,11 @@ _BLOCK_BODY = struct.Struct(">xIII")  # id, index, begin, length
 _PIECE_HEAD = struct.Struct(">xII")  # id, index, begin
 _REQUEST = struct.Struct(">IBIII")  # a whole request: its length, id, index, begin, length
 _REQUEST_ID = int(MessageId.REQUEST)
+_HAVE = struct.Struct(">IBI")  # a whole have: its length, id, index
+_HAVE_ID = int(MessageId.HAVE)
 _PIECE_HEADER = struct.Struct(">IBII")  # a piece message's head: its length, id, index, begin
 _PORT_BODY = struct.Struct(">xH")
+_LENGTH_PREFIX = struct.Struct(">I")
 
 # Plain ints on the hot path: comparing with an IntEnum member costs an attribute lookup.
 _PIECE, _PORT, _EXTENDED = (int(m) for m in (MessageId.PIECE, MessageId.PORT, MessageId.EXTENDED))
@@ -271,6 +274,21 @@ class PeerConnection:
             raise LocalProtocolError(exc.detail) from None
         return bytes(out)
 
+    def send_haves(self, indices: Iterable[int]) -> bytes:
+        """``b"".join(send(Have(i)) for i in indices)``, as :meth:`send_requests`: a peer in a swarm
+        tells each of its peers of every piece it gets, a few at a time."""
+        if not (self.handshake_done and self._local_started):
+            return b"".join(self.send(Have(index)) for index in indices)
+        check, pack = self._bounds.check_index, _HAVE.pack
+        out = bytearray()
+        try:
+            for index in indices:
+                check(index)
+                out += pack(5, _HAVE_ID, index)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(exc.detail) from None
+        return bytes(out)
+
     def send_pieces(self, blocks: Sequence[tuple[int, int, bytes | memoryview]]) -> bytes:
         """``b"".join(send(Piece(*b)) for b in blocks)``, as :meth:`send_requests`: the blocks of one
         disk read go out in one write, each copied once, into it."""
@@ -395,6 +413,11 @@ class PeerConnection:
         while True:
             length = self._length
             if length is None:
+                # Most messages lie whole in the chunk just read: those are read in place.
+                chunk, start = buf.first()
+                end = self._read_whole(chunk, start, events)
+                if end != start:
+                    buf.skip(end - start)
                 if buf.size < 4:
                     return
                 length = buf.take_u32()
@@ -417,9 +440,29 @@ class PeerConnection:
             if buf.size < length:
                 return
             self._length = None
-            event = self._read_message(length)
+            event = self._read(buf.take_view(length))
             if event is not None:
                 events.append(event)
+
+    def _read_whole(self, chunk: bytes | memoryview, pos: int, events: list[Event]) -> int:
+        """Read the messages that lie whole in ``chunk`` from ``pos``, with no per-message cut
+        of the byte queue: a leecher's reads hold a dozen blocks each.  Returns where the first
+        one that does not (or a keep-alive, or one too long) starts: :meth:`_parse` takes it on."""
+        headers = self._headers
+        assert headers is not None
+        max_length, check_header, read = headers.max_length, headers.check, self._read
+        size = len(chunk)
+        while size - pos > 4:
+            (length,) = _LENGTH_PREFIX.unpack_from(chunk, pos)
+            end = pos + 4 + length
+            if end > size or not 0 < length <= max_length:
+                break
+            check_header(chunk[pos + 4], length)
+            event = read(chunk[pos + 4 : end])
+            if event is not None:
+                events.append(event)
+            pos = end
+        return pos
 
     def _parse_handshake(self, events: list[Event]) -> HeaderRules | None:
         """The remote's handshake, if it is all here; then the rules of what may follow it."""
@@ -443,24 +486,22 @@ class PeerConnection:
         events.append(handshake)
         return headers
 
-    def _read_message(self, length: int) -> Event | None:
-        buf = self._buffer
-        msg_id = buf.peek_byte()
-        # Piece and extended messages are cut in two so that their payload
-        # is copied once, straight out of the received chunks.
+    def _read(self, message: bytes | memoryview) -> Event | None:
+        """One whole message, its id first (the length prefix taken off); a view only for a piece."""
+        msg_id = message[0]
         if msg_id == _PIECE:
-            # One cut for the whole message (a view where it lies in one chunk), then its
-            # head read in place: a leecher does this per 16 KiB.
-            message = buf.take_view(length)
+            # The block stays a view of the message (of the driver's buffer, when borrowed):
+            # it is copied once, by the driver, into the piece.  A leecher does this per 16 KiB.
             index, begin = _PIECE_HEAD.unpack_from(message)
             block = message[9:] if type(message) is memoryview else memoryview(message)[9:]
-            if self._requests.answer((index, begin, length - 9)):
+            length = len(block)
+            if self._requests.answer((index, begin, length)):
                 return Piece(index, begin, block)
-            return _unrequested_piece(self, index, begin, length - 9)
+            return _unrequested_piece(self, index, begin, length)
+        body = message if type(message) is bytes else bytes(message)
         if msg_id == _EXTENDED:
-            ext_id = buf.take(2)[1]
-            return _read_extended(self, ext_id, buf.take(length - 2))
-        return _READERS[msg_id](self, buf.take(length))
+            return _read_extended(self, body[1], body[2:])
+        return _READERS[msg_id](self, body)
 
     def _read_request(self, key: BlockKey) -> Request | InvalidRequest:
         try:
