@@ -37,7 +37,6 @@ import dataclasses
 import os
 import re
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -164,6 +163,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
 
 
 def _parse(file: Path, text: str) -> dict[str, Any]:
+    import tomllib  # here, not at the top: most runs have no file to parse, and it costs ~3 ms to import
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -138,7 +138,27 @@ def test_the_command_line_is_built_without_the_http_server_or_the_google_and_dae
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stderr.strip().splitlines()[-1])
     heavy = {"aiohttp", "googleapiclient", "google_auth_oauthlib", "pyowtorrent.service.app", "pyowtorrent.daemon.client"}
+    # Nor what a download may never need: the Drive source, a TOML parser for a config file that is
+    # not there, RC4 for a handshake that may never be encrypted (~15 ms of start-up together).
+    heavy |= {"pyowtorrent.sources.gdrive", "tomllib", "cryptography"}
     assert [m for m in loaded if m in heavy or m.split(".")[0] in heavy] == []
+
+
+def test_a_session_starts_without_importing_what_only_an_encrypted_handshake_needs() -> None:
+    probe = (
+        "import asyncio, sys, json\n"
+        "import pyowtorrent.api\n"
+        "from pyowtorrent.engine.session import Session\n"
+        "async def main():\n"
+        "    async with Session(listen='127.0.0.1', encryption='enabled'):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    r = run("-c", probe)
+    assert r.returncode == 0, r.stderr
+    loaded = json.loads(r.stderr.strip().splitlines()[-1])
+    assert [m for m in loaded if m.split(".")[0] == "cryptography"] == []
 
 
 def run_on_terminal(*args: str) -> tuple[int, bytes, str]:

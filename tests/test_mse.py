@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -582,6 +585,35 @@ def test_any_bytes_to_an_initiator_raise_only_its_errors(junk: bytes, cuts: list
 
 def test_rc4_runs_here() -> None:
     assert rc4_available()
+
+
+def test_without_rc4_required_encryption_fails_at_start_and_enabled_fails_only_an_encrypted_handshake() -> None:
+    # cryptography leaves OpenSSL's legacy provider (RC4's home) unloaded when asked to.
+    probe = """
+import asyncio, random, sys
+from pyowtorrent.engine.session import Session
+from pyowtorrent.errors import ProtocolError, PyowtorrentError
+from pyowtorrent.wire.mse import CryptoMethod, Initiator, Receiver, rc4_available
+assert not rc4_available()
+try:
+    Session(encryption="required")
+except PyowtorrentError as exc:
+    assert "cannot run RC4" in str(exc), exc
+else:
+    raise AssertionError("a session requiring encryption started without RC4")
+Session(encryption="enabled")  # starts: plaintext connections need no RC4
+a = Initiator(bytes(20), b"handshake", random.Random(1).randbytes, CryptoMethod.RC4)
+b = Receiver(lambda h: bytes(20), random.Random(2).randbytes, CryptoMethod.RC4)
+try:
+    a.receive_data(b.receive_data(a.first_bytes()))  # the initiator keys RC4 once it has both keys
+except ProtocolError as exc:  # the engine's CONNECTION_FAILURES: that connection ends, nothing else
+    assert "cannot run RC4" in str(exc), exc
+else:
+    raise AssertionError("an encrypted handshake went ahead without RC4")
+"""
+    env = {**os.environ, "CRYPTOGRAPHY_OPENSSL_NO_LEGACY": "1"}
+    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
-from ..sources.gdrive import DriveFile, DriveFolder
-from ..sources.gdrive_auth import login
+
+if TYPE_CHECKING:
+    from ..sources.gdrive import DriveFile, DriveFolder
 
 __all__ = ["add_arguments", "open_folder"]
 
@@ -63,10 +64,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 def open_folder(folder_id: str | None, config: Config) -> DriveFolder:
     """The folder the commands talk to (the tests replace this to talk to a mock of Drive)."""
+    from ..sources.gdrive import DriveFolder  # here: every command builds this parser
+
     return DriveFolder.from_config(folder_id, config)
 
 
 def run_login(args: argparse.Namespace) -> int:
+    from ..sources.gdrive_auth import login
+
     config = _config(args)
     token = config.gdrive_token_path
     login(config.gdrive_client_secrets, token, console=args.console, show=print, ask=input)

@@ -453,15 +453,15 @@ class Session:
 
 
 def _encryption_policy(encryption: str) -> Encryption:
-    """``encryption`` checked, and what this machine can do of it: without RC4, no encrypted handshake."""
+    """``encryption`` checked; "required" also against what this machine can do."""
     for policy in ENCRYPTION_POLICIES:
         if encryption == policy:
             break
     else:
         raise ValueError(f"encryption {encryption!r}: one of {', '.join(ENCRYPTION_POLICIES)}")
-    if policy != "disabled" and not rc4_available():
-        if policy == "required":
-            raise PyowtorrentError("encryption is required, but this cryptography library cannot run RC4")
-        log.warning("this cryptography library cannot run RC4: encrypted handshakes are disabled")
-        return "disabled"
+    # Only a session that requires encryption checks for RC4 now (importing ``cryptography``
+    # costs every start-up ~8 ms): one that merely enables it finds out at its first encrypted
+    # handshake, which then fails alone (see :func:`~pyowtorrent.wire.mse.rc4_available`).
+    if policy == "required" and not rc4_available():
+        raise PyowtorrentError("encryption is required, but this cryptography library cannot run RC4")
     return policy

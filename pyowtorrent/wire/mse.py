@@ -34,7 +34,9 @@ private key, pad lengths and contents) comes from a callable passed in:
 ``secrets.token_bytes``, or a seeded ``random.Random().randbytes`` in the
 simulator.  RC4 is ``cryptography``'s (OpenSSL's): this module runs the
 cipher over the handshake only; the driver gets the two :class:`Rc4`
-objects for the stream.
+objects for the stream.  ``cryptography`` is imported at the first encrypted
+handshake, not with this module: it costs every start-up ~8 ms, and most
+connections are plaintext.
 """
 
 from __future__ import annotations
@@ -43,12 +45,10 @@ import enum
 import hashlib
 import struct
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
-from cryptography.hazmat.primitives.ciphers import Cipher
-
+from ..errors import ProtocolError
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
 from .handshake import PROTOCOL
 
@@ -137,10 +137,23 @@ def rc4_available() -> bool:
     may leave out.
     """
     try:
-        Cipher(ARC4(bytes(16)), mode=None).encryptor()
-    except UnsupportedAlgorithm:
+        _rc4_context(bytes(16))
+    except ProtocolError:
         return False
     return True
+
+
+def _rc4_context(key: bytes) -> Any:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
+    from cryptography.hazmat.primitives.ciphers import Cipher
+
+    try:
+        return Cipher(ARC4(key), mode=None).encryptor()
+    except UnsupportedAlgorithm:
+        # The session checks at start when encryption is required; when it is only enabled, an
+        # encrypted handshake fails here, and with it that one connection.
+        raise ProtocolError("this cryptography library cannot run RC4: no encrypted handshake") from None
 
 
 class Rc4:
@@ -153,7 +166,7 @@ class Rc4:
     __slots__ = ("update",)
 
     def __init__(self, key: bytes) -> None:
-        context = Cipher(ARC4(key), mode=None).encryptor()
+        context = _rc4_context(key)
         context.update(bytes(RC4_DISCARD))
         self.update: Callable[[bytes | bytearray | memoryview], bytes] = context.update
 
