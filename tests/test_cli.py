@@ -105,6 +105,23 @@ def test_verify_unusable_input_is_one_line_and_exit_2(dataset: tuple[Path, Path]
     assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
 
 
+def test_the_command_keeps_its_start_up_out_of_the_collector_and_collects_less_often(
+    dataset: tuple[Path, Path],
+) -> None:
+    torrent, root = dataset
+    probe = (
+        "import gc, sys, json\n"
+        "from pyowtorrent.cli import GC_THRESHOLD, main\n"
+        f"code = main(['verify', {str(torrent)!r}, {str(root)!r}])\n"
+        "print(json.dumps([code, gc.isenabled(), gc.get_threshold()[0] == GC_THRESHOLD, gc.get_freeze_count()]))\n"
+    )
+    r = run("-c", probe)
+    assert r.returncode == 0, r.stderr
+    code, enabled, threshold_set, frozen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert code == 0 and enabled and threshold_set
+    assert frozen > 10_000  # the modules, classes and parser made at start-up
+
+
 def test_verify_imports_only_what_it_needs(dataset: tuple[Path, Path]) -> None:
     torrent, root = dataset
     probe = (
