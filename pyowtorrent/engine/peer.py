@@ -61,7 +61,8 @@ class PeerHost(Protocol):
 
     def on_peer_interest(self, peer: Peer) -> None: ...
 
-    def on_block(self, peer: Peer, block: Block, data: bytes | memoryview) -> None: ...
+    def on_blocks(self, peer: Peer, blocks: list[tuple[Block, bytes | memoryview]]) -> None:
+        """The blocks of one read, in order: each ``data`` a view valid only during the call."""
 
     def on_request_failed(self, peer: Peer, block: Block) -> None:
         """A request of ours will not be answered (rejected, choked away, timed out)."""
@@ -105,6 +106,7 @@ class Peer:
         self.outgoing = outgoing
         self.num_pieces = num_pieces
         self.peer_id = b""
+        self.identity: tuple[str, bytes] = (address[0], b"")  # (IP, peer id): whom smart ban convicts
         self.client = ""
         self.have = bytearray(num_pieces)
         self.num_have = 0
@@ -274,14 +276,14 @@ class Peer:
     def _handle(self, events: list[ev.Event]) -> None:
         host, outstanding = self.host, self.outstanding
         self._refill = False
-        blocks = received = 0
+        arrived: list[tuple[Block, bytes | memoryview]] = []
+        received = 0
         for e in events:
             if type(e) is ev.Piece:  # first: a leecher gets one per 16 KiB
                 data = e.block
                 block = Block(e.index, e.begin, len(data))
                 outstanding.pop(block, None)
-                host.on_block(self, block, data)
-                blocks += 1
+                arrived.append((block, data))
                 received += len(data)
             elif type(e) is ev.Have:
                 index = e.index
@@ -339,6 +341,7 @@ class Peer:
                 self.conduct.idle_message("keep-alive")
             elif type(e) is ev.Handshake:
                 self.peer_id = e.peer_id
+                self.identity = (self.address[0], e.peer_id)
             elif type(e) is ev.ExtensionHandshake:
                 self.extension_handshake = e
                 if e.reqq:
@@ -350,9 +353,12 @@ class Peer:
             elif type(e) is ev.MetadataRequest or type(e) is ev.MetadataData or type(e) is ev.MetadataReject:
                 host.on_peer_metadata(self, e)
             # Port, Suggest, Extended: nothing to do yet.
-        if blocks:
+        if arrived:
+            # Handed over once per read: the blocks' order among themselves is kept, and nothing
+            # else a read brings depends on them being taken first.
+            host.on_blocks(self, arrived)
             self.downloaded.add(received)
-            self._blocks_arrived(blocks)
+            self._blocks_arrived(len(arrived))
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
             host.fill_requests(self)

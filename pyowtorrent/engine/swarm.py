@@ -120,20 +120,32 @@ class Swarm:
         return len(self.connections.peers) + len(self.connections.pending)
 
     def take_block(self, source: Hashable, sender: PeerIdentity, block: Block, data: bytes | memoryview) -> bool:
-        """A block from a peer or a web seed: into its piece's buffer, and the piece hashed once whole."""
-        taken = self.picker.take_block(source, block)
-        if taken is None:
-            return False  # a late duplicate (end-game), or a piece we have
-        self.downloaded_bytes += len(data)
-        self.download_meter.add(len(data))
-        self.assembler.add_block(block.index, block.begin, data, sender)
-        complete, others = taken
-        for other in others:
-            if isinstance(other, Peer):
-                other.cancel(block)
-        if complete:
-            self.assembler.finish(block.index)
-        return True
+        """A block from a web seed: into its piece's buffer, and the piece hashed once whole.
+        False for a block not wanted (a late duplicate, or of a piece we have)."""
+        return self.take_blocks(source, sender, [(block, data)]) > 0
+
+    def take_blocks(self, source: Hashable, sender: PeerIdentity, blocks: list[tuple[Block, bytes | memoryview]]) -> int:
+        """:meth:`take_block` for the blocks of one read, with what is looked up once per read
+        rather than per 16 KiB; how many were wanted."""
+        picker_take, add_block, assembler = self.picker.take_block, self.assembler.add_block, self.assembler
+        taken_count = taken_bytes = 0
+        for block, data in blocks:
+            taken = picker_take(source, block)
+            if taken is None:
+                continue  # a late duplicate (end-game), or a piece we have
+            taken_count += 1
+            taken_bytes += len(data)
+            add_block(block.index, block.begin, data, sender)
+            complete, others = taken
+            for other in others:
+                if isinstance(other, Peer):
+                    other.cancel(block)
+            if complete:
+                assembler.finish(block.index)
+        if taken_bytes:
+            self.downloaded_bytes += taken_bytes
+            self.download_meter.add(taken_bytes)
+        return taken_count
 
     def _greet(self, peer: Peer) -> None:
         """Our side of the opening: what we have, then (BEP 10) who we are."""
@@ -208,8 +220,8 @@ class Swarm:
         if peer.peer_interested and peer.am_choking and unchoked < self.services.settings.upload_slots:
             self.rechoke()  # a free slot: no need to wait for the next round
 
-    def on_block(self, peer: Peer, block: Block, data: bytes | memoryview) -> None:
-        self.take_block(peer, (peer.address[0], peer.peer_id), block, data)
+    def on_blocks(self, peer: Peer, blocks: list[tuple[Block, bytes | memoryview]]) -> None:
+        self.take_blocks(peer, peer.identity, blocks)
 
     def on_request_failed(self, peer: Peer, block: Block) -> None:
         self.picker.on_request_failed(peer, block)
