@@ -57,7 +57,8 @@ class PeerHost(Protocol):
         """The peer said which pieces it has (bitfield, have-all or have-none); ``previous``:
         what it had said before, when a later bitfield replaces it."""
 
-    def on_peer_have(self, peer: Peer, index: int) -> None: ...
+    def on_peer_have(self, peer: Peer, index: int) -> None:
+        """The peer has one more piece (the driver asks for blocks once the read is handled)."""
 
     def on_peer_interest(self, peer: Peer) -> None: ...
 
@@ -291,6 +292,7 @@ class Peer:
                     self.have[index] = 1
                     self.num_have += 1
                     host.on_peer_have(self, index)
+                    self._refill = True  # once per read: a read may bring dozens of haves
                 else:
                     self.conduct.idle_message("have")
             elif type(e) is ev.Request:

@@ -208,7 +208,6 @@ class Swarm:
             peer.wanted += 1
             if not peer.am_interested:
                 peer.send_interest(True)
-        self.fill_requests(peer)
 
     def on_peer_interest(self, peer: Peer) -> None:
         if peer.peer_interested and peer.fast and peer.uploads.grants is None and not peer.is_seed:

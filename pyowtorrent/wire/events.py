@@ -82,9 +82,12 @@ class NotInterested:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Have:
     index: int
+
+    def __init__(self, index: int) -> None:
+        _set_have_index(self, index)  # one per piece per peer in a swarm: see Piece
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +97,17 @@ class Bitfield:
     bits: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Request:
     index: int
     begin: int
     length: int
+
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        # A seeder gets one per 16 KiB it sends: see Piece.
+        _set_request_index(self, index)
+        _set_request_begin(self, begin)
+        _set_request_length(self, length)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -116,10 +125,15 @@ class Piece:
 
 
 def _slot_setter(cls: type, name: str) -> Callable[[object, Any], None]:
+    """A frozen slots class's own setter for field ``name`` (what a hand-written ``__init__`` uses)."""
     setter: Callable[[object, Any], None] = cls.__dict__[name].__set__
     return setter
 
 
+_set_have_index = _slot_setter(Have, "index")
+_set_request_index = _slot_setter(Request, "index")
+_set_request_begin = _slot_setter(Request, "begin")
+_set_request_length = _slot_setter(Request, "length")
 _set_piece_index = _slot_setter(Piece, "index")
 _set_piece_begin = _slot_setter(Piece, "begin")
 _set_piece_block = _slot_setter(Piece, "block")
