@@ -11,6 +11,7 @@ import pytest
 
 from pyowtorrent.errors import PyowtorrentError
 from pyowtorrent.metainfo.torrent_file import Metainfo
+from pyowtorrent.engine.peer import HAVE_DELAY, HaveBatch
 from pyowtorrent.engine.session import Session
 from pyowtorrent.engine.events import (
     Completed,
@@ -384,3 +385,32 @@ def test_one_session_runs_several_torrents(tmp_path: Path) -> None:
     asyncio.run(main())
     assert same_tree(seed_one / "ds", tmp_path / "out" / "ds")
     assert same_tree(seed_two / "ds", tmp_path / "out2" / "ds")
+
+
+def test_haves_are_flushed_by_one_timer_per_peer_at_a_time(tmp_path: Path) -> None:
+    # Haves wait for the next requests or HAVE_DELAY; a leecher verifies pieces faster than that,
+    # and a timer per piece per peer was a measurable share of a swarm leecher's CPU.
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 8 << 20}, piece_length=16384)
+    flushes: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        call_later = loop.call_later
+
+        def counting(delay: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+            if getattr(callback, "__func__", None) is HaveBatch.flush:
+                flushes.append(loop.time())
+            return call_later(delay, callback, *args, **kw)
+
+        loop.call_later = counting  # type: ignore[method-assign,assignment]
+        async with lo_session() as s1, lo_session() as s2:
+            await s1.add_torrent(meta, seed_dir)
+            leecher = await s2.add_torrent(meta, tmp_path / "leech", peers=[("127.0.0.1", s1.listen_port)])
+            started = loop.time()
+            await leecher.wait_done(timeout=30)
+            elapsed = loop.time() - started
+        assert meta.num_pieces == 512
+        # One peer, one flush pending at a time: at most one per HAVE_DELAY (and the first).
+        assert 1 <= len(flushes) <= elapsed / HAVE_DELAY + 2, (len(flushes), elapsed)
+
+    asyncio.run(main())

@@ -451,9 +451,13 @@ class HaveBatch:
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
         self.pieces: list[int] = []
+        # One flush at a time is scheduled, and not withdrawn when requests take the haves first:
+        # a leecher takes them a few times per piece, so a timer per batch was one per piece per peer.
+        self._flush_due = False
 
     def add(self, index: int) -> None:
-        if not self.pieces:
+        if not self._flush_due:
+            self._flush_due = True
             asyncio.get_running_loop().call_later(HAVE_DELAY, self.flush)
         self.pieces.append(index)
 
@@ -466,6 +470,7 @@ class HaveBatch:
         return data
 
     def flush(self) -> None:
+        self._flush_due = False
         if self.pieces and self.peer.writable():
             self.peer.write(self.take())
 
