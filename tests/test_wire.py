@@ -1156,6 +1156,8 @@ def test_bytes_received_borrowed_from_a_reused_buffer_give_the_same_events_as_by
         try:
             got = conn.receive_borrowed(memoryview(buffer)[:n])
         except RemoteProtocolError as exc:
+            # What came before a violation is handled later, once the buffer served other reads.
+            buffer[:] = b"\xee" * len(buffer)
             got, violation = exc.events, exc.reason
         # What a driver does before its next read: copy blocks out, then the buffer is overwritten.
         events += [Piece(e.index, e.begin, bytes(e.block)) if isinstance(e, Piece) else e for e in got]

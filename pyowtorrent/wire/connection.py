@@ -381,13 +381,21 @@ class PeerConnection:
 
         The ``block`` of a :class:`~pyowtorrent.wire.events.Piece` event may be
         a view into ``data``: copy it before reusing the buffer.  Every other
-        event, and what is kept of ``data`` for the next call, is copied.
+        event, and what is kept of ``data`` for the next call, is copied, and
+        so are the events a :class:`RemoteProtocolError` carries (they are
+        handled after the call, when the buffer may hold another read).
         """
         if self._failed is not None:
             raise RemoteProtocolError(self._failed.reason, f"the connection already failed: {self._failed.detail}")
         self._buffer.append_borrowed(data)
         try:
             return self._parse_events()
+        except RemoteProtocolError as exc:
+            exc.events = [
+                Piece(e.index, e.begin, bytes(e.block)) if type(e) is Piece and type(e.block) is memoryview else e
+                for e in exc.events
+            ]
+            raise
         finally:
             self._buffer.detach()
 
