@@ -24,6 +24,8 @@ from pyowtorrent.engine.events import (
 )
 from pyowtorrent.wire import (
     Bitfield,
+    Handshake,
+    encode_handshake,
     PeerConnection,
     Piece,
     Request,
@@ -412,5 +414,31 @@ def test_haves_are_flushed_by_one_timer_per_peer_at_a_time(tmp_path: Path) -> No
         assert meta.num_pieces == 512
         # One peer, one flush pending at a time: at most one per HAVE_DELAY (and the first).
         assert 1 <= len(flushes) <= elapsed / HAVE_DELAY + 2, (len(flushes), elapsed)
+
+    asyncio.run(main())
+
+
+def test_a_peer_turned_away_for_want_of_room_gets_our_handshake_before_the_close(tmp_path: Path) -> None:
+    # Closed before a handshake, a dial looks refused for being plaintext, and a dialler with
+    # encryption enabled (ours, libtorrent's) tries again with a key exchange, for nothing.
+    meta, seed_dir = make_torrent(tmp_path, SIZES)
+
+    async def main() -> None:
+        async with lo_session(max_connections_per_ip=1) as s1:
+            await s1.add_torrent(meta, seed_dir)
+            ours = Handshake(meta.info_hash, b"-XX0001-firstpeer000", True, True, False)
+            first_reader, first_writer = await asyncio.open_connection("127.0.0.1", s1.listen_port)
+            first_writer.write(encode_handshake(ours))
+            assert parse_handshake(await first_reader.readexactly(68)) is not None
+            torrent = s1.torrents[meta.info_hash]
+            await until(lambda: len(torrent.peers) == 1, what="the first peer to be attached")
+            reader, writer = await asyncio.open_connection("127.0.0.1", s1.listen_port)
+            writer.write(encode_handshake(Handshake(meta.info_hash, b"-XX0001-secondpeer00", True, True, False)))
+            answer = await asyncio.wait_for(reader.read(), 10)  # to the end: the seeder closes
+            hs = parse_handshake(answer[:68])
+            assert hs is not None and hs.info_hash == meta.info_hash and len(answer) == 68
+            assert len(torrent.peers) == 1
+            writer.close()
+            first_writer.close()
 
     asyncio.run(main())

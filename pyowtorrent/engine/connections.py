@@ -130,17 +130,25 @@ class PeerSet:
         host = holder_of_text(ip)  # an IPv6 host counts as its /64
         if sum(1 for a in self.peers if holder_of_text(a[0]) == host) >= settings.max_connections_per_ip:
             log.debug("%s: %s already holds %d connections", self.meta.name, ip, settings.max_connections_per_ip)
-            link.writer.close()
+            self._turn_away(link)
             return
         if len(self.peers) - len(self.leaving) + self.others() >= settings.max_connections_per_torrent:
             victim = self._useless_peer()
             if victim is None:
-                link.writer.close()
+                self._turn_away(link)
                 return
             self.close(victim, "replaced by a new peer")  # it goes as the newcomer comes
         conn = self.new_connection()
         link.writer.write(conn.handshake_bytes())
         self._attach(link, conn)
+
+    def _turn_away(self, link: PeerLink) -> None:
+        """Refuse a peer for want of room: our handshake, then the close.  Closed before it, the
+        connection looks to a dialler with encryption enabled (ours, libtorrent's) like a refusal of
+        plaintext, and it dials again with an encrypted handshake (a key exchange on both sides, for
+        nothing): in an 8-leecher swarm on one address, 40 such exchanges."""
+        link.writer.write(self.new_connection().handshake_bytes())
+        link.writer.close()
 
     def _useless_peer(self) -> Peer | None:
         """The peer to drop for a newcomer: neither side interested, connected longest, past its grace."""
