@@ -633,12 +633,13 @@ async def engine_run(n: int, args: argparse.Namespace, seed: int) -> Ops:
                     p.num_have += 1
                     p.outstanding.clear()  # answered (the picker still counts them: no matter here)
                     swarm.on_peer_have(p, i)  # type: ignore[arg-type]
+                    swarm.fill_requests(p)  # type: ignore[arg-type]  # Peer._handle's, once per read: here a have alone
                     picked += len(p.outstanding)
                 if not picked:
                     raise AssertionError("Swarm.on_peer_have picked nothing for an empty queue")
                 return refill
 
-            ops.time("e_have_pick", E, f"Swarm.on_peer_have + a pick of {REFILL} blocks", "message", haves_refill)
+            ops.time("e_have_pick", E, f"Swarm.on_peer_have + fill_requests, a pick of {REFILL}", "message", haves_refill)
 
             # piece completions: a have to every peer (200 messages encoded)
             free = [i for i in range(n - 2) if picker._availability.is_free(i)]
@@ -695,10 +696,11 @@ async def engine_run(n: int, args: argparse.Namespace, seed: int) -> Ops:
                     stuck.have[i] = 1
                     stuck.num_have += 1
                     swarm.on_peer_have(stuck, i)  # type: ignore[arg-type]
+                    swarm.fill_requests(stuck)  # type: ignore[arg-type]
                     assert not stuck.outstanding
                 return 64
 
-            ops.time("e_have_stuck", E, "Swarm.on_peer_have, nothing to pick (interest kept)", "message", stuck_haves)
+            ops.time("e_have_stuck", E, "on_peer_have + fill_requests, nothing to pick", "message", stuck_haves)
 
             def wants() -> int:
                 for _ in range(20):

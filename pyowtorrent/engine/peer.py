@@ -107,7 +107,6 @@ class Peer:
         self.outgoing = outgoing
         self.num_pieces = num_pieces
         self.peer_id = b""
-        self.identity: tuple[str, bytes] = (address[0], b"")  # (IP, peer id): whom smart ban convicts
         self.client = ""
         self.have = bytearray(num_pieces)
         self.num_have = 0
@@ -343,7 +342,6 @@ class Peer:
                 self.conduct.idle_message("keep-alive")
             elif type(e) is ev.Handshake:
                 self.peer_id = e.peer_id
-                self.identity = (self.address[0], e.peer_id)
             elif type(e) is ev.ExtensionHandshake:
                 self.extension_handshake = e
                 if e.reqq:
@@ -356,8 +354,6 @@ class Peer:
                 host.on_peer_metadata(self, e)
             # Port, Suggest, Extended: nothing to do yet.
         if arrived:
-            # Handed over once per read: the blocks' order among themselves is kept, and nothing
-            # else a read brings depends on them being taken first.
             host.on_blocks(self, arrived)
             self.downloaded.add(received)
             self._blocks_arrived(len(arrived))

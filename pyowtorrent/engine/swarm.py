@@ -220,7 +220,8 @@ class Swarm:
             self.rechoke()  # a free slot: no need to wait for the next round
 
     def on_blocks(self, peer: Peer, blocks: list[tuple[Block, bytes | memoryview]]) -> None:
-        self.take_blocks(peer, peer.identity, blocks)
+        # After the read's other events: nothing else a read brings depends on its blocks taken first.
+        self.take_blocks(peer, (peer.address[0], peer.peer_id), blocks)
 
     def on_request_failed(self, peer: Peer, block: Block) -> None:
         self.picker.on_request_failed(peer, block)

@@ -143,10 +143,6 @@ class _Piece:
         return {(q, self.index, bno) for bno, reqs in self.requesters.items() for q in reqs}
 
 
-
-# What :meth:`PiecePicker._wanted_piece` says of a wanted block whose piece is not started yet.
-_UNSTARTED = _Piece(-1, 0)
-
 class PiecePicker:
     """Decides which blocks to request, rarest first, and tracks them until hashed.
 
@@ -313,13 +309,13 @@ class PiecePicker:
         """Record a block's arrival: whether its piece is complete (hash it, then :meth:`on_piece_passed`
         or :meth:`on_piece_failed`) and the other peers with a request out for it, to cancel.  ``None``
         for a duplicate, unwanted or malformed block, which changes nothing (see :meth:`wants_block`)."""
-        piece = self._wanted_piece(block)
-        if piece is None:
+        if not self.wants_block(block):
             return None
         index, bno = block.index, block.begin // BLOCK_SIZE
-        if piece is _UNSTARTED:  # unrequested but welcome: start the piece
+        piece = self._partial.get(index)
+        if piece is None:  # unrequested but welcome: start the piece
             piece = self._start(index)
-        requesters = piece.requesters.pop(bno, None)
+        requesters = piece.requesters.pop(bno, [])
         if piece.state[bno] == _FREE:
             piece.unrequested -= 1
             if not piece.unrequested:
@@ -327,32 +323,25 @@ class PiecePicker:
         piece.state[bno] = _RECEIVED
         piece.received += 1
         cancel: list[Hashable] = []
-        if requesters:
-            key, outstanding = (index, bno), self._outstanding
-            for q in requesters:
-                outstanding[q].discard(key)
-                if q != peer:
-                    cancel.append(q)
+        for q in requesters:
+            self._outstanding[q].discard((index, bno))
+            if q != peer:
+                cancel.append(q)
         return piece.received == len(piece.state), cancel
 
     def wants_block(self, block: Block) -> bool:
         """True if ``block`` is a well-formed block we lack and have not received yet."""
-        return self._wanted_piece(block) is not None
-
-    def _wanted_piece(self, block: Block) -> _Piece | None:
-        """The started piece ``block`` is a wanted block of, :data:`_UNSTARTED` if its piece is
-        wanted and not started, None if the block is not wanted (had, received, off the grid)."""
         index = block.index
         if not 0 <= index < self.num_pieces or self.have_flags[index]:
-            return None
+            return False
         size = self._last_length if index == self.num_pieces - 1 else self.piece_length  # _piece_size, inlined
         begin = block.begin
         if begin < 0 or begin % BLOCK_SIZE or begin >= size or block.length != min(BLOCK_SIZE, size - begin):
-            return None
+            return False
         piece = self._partial.get(index)
         if piece is None:
-            return _UNSTARTED if self._availability.priority[index] else None
-        return piece if piece.state[begin // BLOCK_SIZE] != _RECEIVED else None
+            return bool(self._availability.priority[index])
+        return piece.state[begin // BLOCK_SIZE] != _RECEIVED
 
     def on_request_failed(self, peer: Hashable, block: Block) -> None:
         """A request was rejected, timed out, or lost to a choke: the block is free again."""

@@ -316,52 +316,10 @@ class PeerConnection:
         elif starts and isinstance(message, _FIRST):
             raise LocalProtocolError(f"{type(message).__name__} is only legal as the first message")
         try:
-            self._validate_outgoing(message)
+            _validate_outgoing(self, message)
         except RemoteProtocolError as exc:  # the range checks are shared with receiving
             raise LocalProtocolError(exc.detail) from None
         self._local_started = self._local_started or starts
-
-    def _validate_outgoing(self, message: Message) -> None:
-        bounds = self._bounds
-        # The types are disjoint (send() takes no subclass), so the order is
-        # only speed: a leecher sends a request per block.
-        if isinstance(message, Request):
-            self._requests.sent(bounds.check_block(message.index, message.begin, message.length))
-        elif isinstance(message, Choke):
-            self.am_choking = True
-        elif isinstance(message, Unchoke):
-            self.am_choking = False
-        elif isinstance(message, Interested):
-            self.am_interested = True
-        elif isinstance(message, NotInterested):
-            self.am_interested = False
-        elif isinstance(message, (Have, Suggest, AllowedFast)):
-            bounds.check_index(message.index)
-        elif isinstance(message, Bitfield):
-            bounds.check_bitfield(message.bits)
-        elif isinstance(message, Cancel):
-            if not self._requests.cancel(bounds.check_block(message.index, message.begin, message.length)):
-                raise LocalProtocolError(f"{message} cancels no outstanding request")
-        elif isinstance(message, Reject):
-            key = (message.index, message.begin, message.length)
-            count = self._invalid_requests.get(key)
-            if count is None:
-                bounds.check_block(*key)
-            elif count == 1:  # an invalid request is rejected as it came, once each
-                del self._invalid_requests[key]
-            else:
-                self._invalid_requests[key] = count - 1
-        elif isinstance(message, Piece):
-            bounds.check_block(message.index, message.begin, len(message.block))
-        elif isinstance(message, Port):
-            if not self.local.dht:
-                raise LocalProtocolError("a Port message advertises a DHT node, and we did not set the DHT bit")
-            if not 0 <= message.port < 1 << 16:
-                raise LocalProtocolError(f"port {message.port} is not a port number")
-        elif isinstance(message, ExtensionHandshake):
-            self._extensions.advertise(message.m)
-        elif isinstance(message, Extended):
-            self._extensions.check_outgoing(message, self.max_extension_message)
 
     # -- receiving ----------------------------------------------------------
 
@@ -511,15 +469,49 @@ class PeerConnection:
             return _read_extended(self, body[1], body[2:])
         return _READERS[msg_id](self, body)
 
-    def _read_request(self, key: BlockKey) -> Request | InvalidRequest:
-        try:
-            return Request(*self._bounds.check_block(*key))
-        except RemoteProtocolError as exc:
-            invalid = self._invalid_requests
-            if key not in invalid and len(invalid) >= _MAX_INVALID_REQUESTS:
-                del invalid[next(iter(invalid))]
-            invalid[key] = invalid.get(key, 0) + 1
-            return InvalidRequest(*key, exc.detail)
+
+def _validate_outgoing(conn: PeerConnection, message: Message) -> None:
+    """What sending ``message`` changes on ``conn``, once checked against its bounds and state."""
+    bounds = conn._bounds
+    # The types are disjoint (send() takes no subclass), so the order is
+    # only speed: a leecher sends a request per block.
+    if isinstance(message, Request):
+        conn._requests.sent(bounds.check_block(message.index, message.begin, message.length))
+    elif isinstance(message, Choke):
+        conn.am_choking = True
+    elif isinstance(message, Unchoke):
+        conn.am_choking = False
+    elif isinstance(message, Interested):
+        conn.am_interested = True
+    elif isinstance(message, NotInterested):
+        conn.am_interested = False
+    elif isinstance(message, (Have, Suggest, AllowedFast)):
+        bounds.check_index(message.index)
+    elif isinstance(message, Bitfield):
+        bounds.check_bitfield(message.bits)
+    elif isinstance(message, Cancel):
+        if not conn._requests.cancel(bounds.check_block(message.index, message.begin, message.length)):
+            raise LocalProtocolError(f"{message} cancels no outstanding request")
+    elif isinstance(message, Reject):
+        key = (message.index, message.begin, message.length)
+        count = conn._invalid_requests.get(key)
+        if count is None:
+            bounds.check_block(*key)
+        elif count == 1:  # an invalid request is rejected as it came, once each
+            del conn._invalid_requests[key]
+        else:
+            conn._invalid_requests[key] = count - 1
+    elif isinstance(message, Piece):
+        bounds.check_block(message.index, message.begin, len(message.block))
+    elif isinstance(message, Port):
+        if not conn.local.dht:
+            raise LocalProtocolError("a Port message advertises a DHT node, and we did not set the DHT bit")
+        if not 0 <= message.port < 1 << 16:
+            raise LocalProtocolError(f"port {message.port} is not a port number")
+    elif isinstance(message, ExtensionHandshake):
+        conn._extensions.advertise(message.m)
+    elif isinstance(message, Extended):
+        conn._extensions.check_outgoing(message, conn.max_extension_message)
 
 
 def _read_extended(
@@ -617,11 +609,19 @@ def _hint(kind: Callable[[int], Message]) -> _Reader:
 
 
 def _request(conn: PeerConnection, body: bytes) -> Request | InvalidRequest:
-    return conn._read_request(_BLOCK_BODY.unpack(body))
+    key: BlockKey = _BLOCK_BODY.unpack(body)
+    try:
+        return Request(*conn._bounds.check_block(*key))
+    except RemoteProtocolError as exc:
+        invalid = conn._invalid_requests
+        if key not in invalid and len(invalid) >= _MAX_INVALID_REQUESTS:
+            del invalid[next(iter(invalid))]
+        invalid[key] = invalid.get(key, 0) + 1
+        return InvalidRequest(*key, exc.detail)
 
 
 def _cancel(conn: PeerConnection, body: bytes) -> Message | None:
-    key = _BLOCK_BODY.unpack(body)
+    key: BlockKey = _BLOCK_BODY.unpack(body)
     try:
         return Cancel(*conn._bounds.check_block(*key))
     except RemoteProtocolError as exc:  # it cancels nothing we could be serving
