@@ -142,18 +142,19 @@ def test_verify_imports_only_what_it_needs(dataset: tuple[Path, Path]) -> None:
     assert sorted(m for m in ours if m.split(".")[0] in unwanted) == []
 
 
+def modules_after(*lines: str) -> list[str]:
+    """The modules a fresh interpreter has loaded once it ran ``lines``."""
+    probe = "\n".join([*lines, "import json, sys", "print(json.dumps(sorted(sys.modules)), file=sys.stderr)", ""])
+    r = run("-c", probe)
+    assert r.returncode == 0, r.stderr
+    loaded: list[str] = json.loads(r.stderr.strip().splitlines()[-1])
+    return loaded
+
+
 def test_the_command_line_is_built_without_the_http_server_or_the_google_and_daemon_clients() -> None:
     # Every command builds the whole parser first: what that imports delays each download's start
     # (aiohttp's server and client alone took 0.17 s of a 0.35 s start-up).
-    probe = (
-        "import sys, json\n"
-        "from pyowtorrent.cli import build_parser\n"
-        "build_parser().parse_args(['download', 'x.torrent'])\n"
-        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
-    )
-    r = run("-c", probe)
-    assert r.returncode == 0, r.stderr
-    loaded = json.loads(r.stderr.strip().splitlines()[-1])
+    loaded = modules_after("from pyowtorrent.cli import build_parser", "build_parser().parse_args(['download', 'x.torrent'])")
     heavy = {"aiohttp", "googleapiclient", "google_auth_oauthlib", "pyowtorrent.service.app", "pyowtorrent.daemon.client"}
     # Nor what a download may never need: the Drive source, a TOML parser for a config file that is
     # not there, RC4 for a handshake that may never be encrypted (~15 ms of start-up together).
@@ -162,19 +163,13 @@ def test_the_command_line_is_built_without_the_http_server_or_the_google_and_dae
 
 
 def test_a_session_starts_without_importing_what_only_an_encrypted_handshake_needs() -> None:
-    probe = (
-        "import asyncio, sys, json\n"
-        "import pyowtorrent.api\n"
-        "from pyowtorrent.engine.session import Session\n"
-        "async def main():\n"
-        "    async with Session(listen='127.0.0.1', encryption='enabled'):\n"
-        "        pass\n"
-        "asyncio.run(main())\n"
-        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    loaded = modules_after(
+        "import asyncio",
+        "import pyowtorrent.api",
+        "from pyowtorrent.engine.session import Session",
+        "async def main():\n    async with Session(listen='127.0.0.1', encryption='enabled'):\n        pass",
+        "asyncio.run(main())",
     )
-    r = run("-c", probe)
-    assert r.returncode == 0, r.stderr
-    loaded = json.loads(r.stderr.strip().splitlines()[-1])
     assert [m for m in loaded if m.split(".")[0] == "cryptography"] == []
 
 
