@@ -30,7 +30,9 @@ def run(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 def dataset(tmp_path: Path) -> tuple[Path, Path]:
     root = tmp_path / "ds"
     (root / "sub").mkdir(parents=True)
-    (root / "big.zip").write_bytes(os.urandom(200_000))
+    # A zip's own magic first: random bytes begin with "d" one time in 256, and then a test that gives
+    # this file as the .torrent is told of a bad dictionary key instead of "not a bencoded dictionary".
+    (root / "big.zip").write_bytes(b"PK\x03\x04" + os.urandom(200_000 - 4))
     (root / "sub" / "small.txt").write_bytes(b"tiny")
     torrent = tmp_path / "ds.torrent"
     torrent.write_bytes(create_torrent(root, piece_length=16384).to_bytes())
