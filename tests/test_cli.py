@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pyowtorrent.cli import GC_THRESHOLD
 from pyowtorrent.metainfo.bencoding import encode
 from pyowtorrent.storage.create import create_torrent
 
@@ -111,17 +112,31 @@ def test_the_command_keeps_its_start_up_out_of_the_collector_and_collects_less_o
     dataset: tuple[Path, Path],
 ) -> None:
     torrent, root = dataset
+    state = "json.dumps([code, gc.isenabled(), gc.get_threshold()[0], gc.get_freeze_count()])"
+    # The process's entry point (the script, python -m) tunes the collector for itself...
     probe = (
         "import gc, sys, json\n"
-        "from pyowtorrent.cli import GC_THRESHOLD, main\n"
-        f"code = main(['verify', {str(torrent)!r}, {str(root)!r}])\n"
-        "print(json.dumps([code, gc.isenabled(), gc.get_threshold()[0] == GC_THRESHOLD, gc.get_freeze_count()]))\n"
+        "from pyowtorrent.cli import GC_THRESHOLD, entry\n"
+        f"sys.argv = ['pyowtorrent', 'verify', {str(torrent)!r}, {str(root)!r}]\n"
+        "code = entry()\n"
+        f"print({state})\n"
     )
     r = run("-c", probe)
     assert r.returncode == 0, r.stderr
-    code, enabled, threshold_set, frozen = json.loads(r.stdout.strip().splitlines()[-1])
-    assert code == 0 and enabled and threshold_set
+    code, enabled, threshold, frozen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert code == 0 and enabled and threshold == GC_THRESHOLD
     assert frozen > 10_000  # the modules, classes and parser made at start-up
+    # ...main() called in someone else's process leaves their collector as it was.
+    probe = (
+        "import gc, sys, json\n"
+        "from pyowtorrent.cli import main\n"
+        "gc.disable()\n"
+        f"code = main(['verify', {str(torrent)!r}, {str(root)!r}])\n"
+        f"print({state})\n"
+    )
+    r = run("-c", probe)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [0, False, 700, 0]
 
 
 def test_verify_imports_only_what_it_needs(dataset: tuple[Path, Path]) -> None:

@@ -70,22 +70,32 @@ _COMMAND_MODULES: list[str] = ["daemon", "gdrive", "serve"]
 # The cyclic collector runs once this many more container objects were made than freed (the
 # interpreter's default is 700).  A download's per-block objects are freed by reference counting;
 # what lasts (buffers, tasks, peers) tripped the default ~80 times in 128 MiB, each a walk of every
-# young object: ~18 ms of a leecher's ~0.7 CPU s, against ~8 ms here.
+# young object: ~18 ms of a leecher's ~0.7 CPU s, against ~5 ms here.
 GC_THRESHOLD = 10_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import verify as verify_mod
+    return _run(build_parser().parse_args(argv))
 
+
+def entry() -> int:
+    """:func:`main` as a process of its own (the ``pyowtorrent`` script, ``python -m pyowtorrent``):
+    the collector is tuned for it, which a caller of :func:`main` in its own process may not want."""
     # What start-up makes (modules, classes, the parser) lives as long as the process: not
     # collected during it, and kept out of every later collection's walk.
     gc.disable()
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args()
     finally:
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         gc.enable()
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import verify as verify_mod
+
     setup_logging(args.verbose, args.log_level, args.log_file)
     return verify_mod.run_command(args.handler, args)
 
