@@ -6,10 +6,11 @@ import asyncio
 import logging
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
+from pyowtorrent.engine.conduct import IDLE_MESSAGE_BURST
 from pyowtorrent.engine.events import PeerDisconnected, TorrentState
 from pyowtorrent.engine.session import MAX_PENDING_HANDSHAKES, Session
 from pyowtorrent.wire import events as ev
@@ -357,3 +358,38 @@ def test_rules_real_clients_break_are_tolerated_and_the_connection_kept(tmp_path
             a.close()
 
     asyncio.run(main())
+
+
+def test_the_blocks_a_peer_sent_before_the_message_that_gets_it_dropped_are_kept(tmp_path: Path) -> None:
+    # A read's blocks are handed to the torrent after the read's other messages: one of those
+    # ending the peer (here the 501st keep-alive of a burst) must not take the blocks with it.
+    meta, seed_dir = make_torrent(tmp_path, {"data.bin": 2_000_000})
+    payload = (seed_dir / "ds" / "data.bin").read_bytes()
+
+    async def main() -> None:
+        async with lo_session() as leech_s:
+            leecher = await leech_s.add_torrent(meta, tmp_path / "leech")
+            gone: list[PeerDisconnected] = []
+            leecher.add_listener(lambda e: gone.append(e) if isinstance(e, PeerDisconnected) else None)
+            attacker = Attacker(meta)
+            await attacker.connect(("127.0.0.1", leech_s.listen_port))
+            attacker.send(ev.HaveAll(), ev.Unchoke())
+            await until_read(attacker, lambda: sum(isinstance(e, ev.Request) for e in attacker.events) >= 2)
+            asked = [e for e in attacker.events if isinstance(e, ev.Request)][:2]
+            pieces = [
+                ev.Piece(r.index, r.begin, payload[r.index * meta.piece_length + r.begin :][: r.length]) for r in asked
+            ]
+            # One write: the blocks, then a burst of keep-alives past the allowance.
+            attacker.send_raw(b"".join(attacker.conn.send(p) for p in pieces) + b"\0\0\0\0" * (IDLE_MESSAGE_BURST + 20))
+            await until(lambda: bool(gone), what="the flooder to be dropped")
+            assert "flooding" in gone[0].reason
+            assert leecher.status().downloaded == sum(r.length for r in asked)
+            attacker.close()
+
+    asyncio.run(main())
+
+
+async def until_read(attacker: Attacker, condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(30):
+        while not condition():
+            assert await attacker.read(), "the leecher hung up"

@@ -277,85 +277,86 @@ class Peer:
         host, outstanding = self.host, self.outstanding
         self._refill = False
         arrived: list[tuple[Block, bytes | memoryview]] = []
-        received = 0
-        for e in events:
-            if type(e) is ev.Piece:  # first: a leecher gets one per 16 KiB
-                data = e.block
-                block = Block(e.index, e.begin, len(data))
-                outstanding.pop(block, None)
-                arrived.append((block, data))
-                received += len(data)
-            elif type(e) is ev.Have:
-                index = e.index
-                if not self.have[index]:
-                    self.have[index] = 1
-                    self.num_have += 1
-                    host.on_peer_have(self, index)
-                    self._refill = True  # once per read: a read may bring dozens of haves
-                else:
-                    self.conduct.idle_message("have")
-            elif type(e) is ev.Request:
-                self.uploads.on_request(e)
-            elif type(e) is ev.InvalidRequest:
-                log.debug("%r: invalid request, refused: %s", self, e.reason)
-                self.conduct.invalid_request()  # drops a peer that keeps it up
-                if self.fast:
-                    self.send(ev.Reject(e.index, e.begin, e.length))
-            elif type(e) is ev.UnrequestedPiece:
-                log.debug("%r: dropped %d bytes of piece %d we did not ask for", self, e.length, e.index)
-                self.conduct.unrequested_block(e.length)
-            elif type(e) is ev.Unchoke:
-                # Choke and interest changes cost us work (a refill, a rechoke): a
-                # real peer makes a few a minute, a flapping one is cut off.
-                self.conduct.idle_message("choke and unchoke")
-                self.conduct.unchoked_us()
-                self._refill = True
-            elif type(e) is ev.Choke:
-                self.conduct.idle_message("choke and unchoke")
-                if not self.fast:
-                    # Without BEP 6 a choke silently drops our requests.
-                    self._drop_outstanding()
-            elif type(e) is ev.Interested or type(e) is ev.NotInterested:
-                self.conduct.idle_message("interest")
-                host.on_peer_interest(self)
-            elif type(e) is ev.Bitfield:
-                previous = self.have if self.num_have else None
-                self.have = bitfield_flags(e.bits, self.num_pieces)
-                self.num_have = sum(self.have)
-                host.on_peer_pieces(self, previous)
-            elif type(e) is ev.HaveAll or type(e) is ev.HaveNone:
-                previous = self.have if self.num_have else None
-                full = type(e) is ev.HaveAll
-                self.have = bytearray(b"\x01" if full else b"\x00") * self.num_pieces
-                self.num_have = self.num_pieces if full else 0
-                host.on_peer_pieces(self, previous)
-            elif type(e) is ev.Cancel:
-                if self.uploads.requests.pop((e.index, e.begin, e.length), None) is None:
-                    self.conduct.idle_message("cancel")
-            elif type(e) is ev.AllowedFast:
-                if not self.offers.offer(e.index):
-                    self.conduct.idle_message("allowed fast")
-                self._refill = self._refill or self.peer_choking  # something to ask for while choked
-            elif type(e) is ev.Reject:
-                self._on_reject(Block(e.index, e.begin, e.length))
-            elif type(e) is ev.KeepAlive:
-                self.conduct.idle_message("keep-alive")
-            elif type(e) is ev.Handshake:
-                self.peer_id = e.peer_id
-            elif type(e) is ev.ExtensionHandshake:
-                self.extension_handshake = e
-                if e.reqq:
-                    self.max_queue = max(MIN_QUEUE, min(MAX_QUEUE, e.reqq))
-                if e.v:
-                    self.client = e.v[:64]
-            elif type(e) is ev.Pex:
-                host.on_peer_pex(self, e)
-            elif type(e) is ev.MetadataRequest or type(e) is ev.MetadataData or type(e) is ev.MetadataReject:
-                host.on_peer_metadata(self, e)
-            # Port, Suggest, Extended: nothing to do yet.
+        try:
+            for e in events:
+                if type(e) is ev.Piece:  # first: a leecher gets one per 16 KiB
+                    data = e.block
+                    block = Block(e.index, e.begin, len(data))
+                    outstanding.pop(block, None)
+                    arrived.append((block, data))
+                elif type(e) is ev.Have:
+                    index = e.index
+                    if not self.have[index]:
+                        self.have[index] = 1
+                        self.num_have += 1
+                        host.on_peer_have(self, index)
+                        self._refill = True  # once per read: a read may bring dozens of haves
+                    else:
+                        self.conduct.idle_message("have")
+                elif type(e) is ev.Request:
+                    self.uploads.on_request(e)
+                elif type(e) is ev.InvalidRequest:
+                    log.debug("%r: invalid request, refused: %s", self, e.reason)
+                    self.conduct.invalid_request()  # drops a peer that keeps it up
+                    if self.fast:
+                        self.send(ev.Reject(e.index, e.begin, e.length))
+                elif type(e) is ev.UnrequestedPiece:
+                    log.debug("%r: dropped %d bytes of piece %d we did not ask for", self, e.length, e.index)
+                    self.conduct.unrequested_block(e.length)
+                elif type(e) is ev.Unchoke:
+                    # Choke and interest changes cost us work (a refill, a rechoke): a
+                    # real peer makes a few a minute, a flapping one is cut off.
+                    self.conduct.idle_message("choke and unchoke")
+                    self.conduct.unchoked_us()
+                    self._refill = True
+                elif type(e) is ev.Choke:
+                    self.conduct.idle_message("choke and unchoke")
+                    if not self.fast:
+                        # Without BEP 6 a choke silently drops our requests.
+                        self._drop_outstanding()
+                elif type(e) is ev.Interested or type(e) is ev.NotInterested:
+                    self.conduct.idle_message("interest")
+                    host.on_peer_interest(self)
+                elif type(e) is ev.Bitfield:
+                    previous = self.have if self.num_have else None
+                    self.have = bitfield_flags(e.bits, self.num_pieces)
+                    self.num_have = sum(self.have)
+                    host.on_peer_pieces(self, previous)
+                elif type(e) is ev.HaveAll or type(e) is ev.HaveNone:
+                    previous = self.have if self.num_have else None
+                    full = type(e) is ev.HaveAll
+                    self.have = bytearray(b"\x01" if full else b"\x00") * self.num_pieces
+                    self.num_have = self.num_pieces if full else 0
+                    host.on_peer_pieces(self, previous)
+                elif type(e) is ev.Cancel:
+                    if self.uploads.requests.pop((e.index, e.begin, e.length), None) is None:
+                        self.conduct.idle_message("cancel")
+                elif type(e) is ev.AllowedFast:
+                    if not self.offers.offer(e.index):
+                        self.conduct.idle_message("allowed fast")
+                    self._refill = self._refill or self.peer_choking  # something to ask for while choked
+                elif type(e) is ev.Reject:
+                    self._on_reject(Block(e.index, e.begin, e.length))
+                elif type(e) is ev.KeepAlive:
+                    self.conduct.idle_message("keep-alive")
+                elif type(e) is ev.Handshake:
+                    self.peer_id = e.peer_id
+                elif type(e) is ev.ExtensionHandshake:
+                    self.extension_handshake = e
+                    if e.reqq:
+                        self.max_queue = max(MIN_QUEUE, min(MAX_QUEUE, e.reqq))
+                    if e.v:
+                        self.client = e.v[:64]
+                elif type(e) is ev.Pex:
+                    host.on_peer_pex(self, e)
+                elif type(e) is ev.MetadataRequest or type(e) is ev.MetadataData or type(e) is ev.MetadataReject:
+                    host.on_peer_metadata(self, e)
+                # Port, Suggest, Extended: nothing to do yet.
+        finally:
+            if arrived:  # also when a later message in the read gets the peer dropped
+                host.on_blocks(self, arrived)
         if arrived:
-            host.on_blocks(self, arrived)
-            self.downloaded.add(received)
+            self.downloaded.add(sum(len(data) for _, data in arrived))
             self._blocks_arrived(len(arrived))
         if self._refill:
             # Once per read, not per block: one batch of requests, one write.
