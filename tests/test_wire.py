@@ -13,6 +13,7 @@ import random
 import socket
 import struct
 import time
+import tracemalloc
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -1165,6 +1166,30 @@ def test_bytes_received_borrowed_from_a_reused_buffer_give_the_same_events_as_by
         if violation is not None:
             break
     assert (events, violation) == expected
+
+
+def test_a_connection_failed_in_a_borrowed_read_keeps_nothing_of_it() -> None:
+    # The read is a view of the driver's buffer; what the parser keeps of it is copied.  Once the
+    # connection has failed nothing more is parsed, so keeping the rest of a large read would only
+    # hold memory (for as long as the failed connection lives).
+    keys = [(0, 0, BLOCK), (0, BLOCK, BLOCK)]
+    conn = requesting(*keys)
+    good = b"".join(piece_frame(i, b, random_bytes(b, n)) for i, b, n in keys)
+    read = bytearray(good + frame(4, b"\0\0\0") + b"\xab" * (1 << 20))  # a have of the wrong length, then more
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with pytest.raises(RemoteProtocolError) as info:
+            conn.receive_borrowed(memoryview(read))
+        kept_events = info.value.events
+        del info
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert [(e.index, e.begin, bytes(e.block)) for e in kept_events if isinstance(e, Piece)] == [
+        (i, b, random_bytes(b, n)) for i, b, n in keys
+    ]
+    assert held < 4 * BLOCK + 64 * 1024  # the two blocks the events carry, not the megabyte after them
 
 
 def test_a_message_trickled_a_byte_per_read_into_a_reused_buffer_is_held_in_few_chunks() -> None:

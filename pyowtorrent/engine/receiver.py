@@ -79,6 +79,8 @@ class Receiver(asyncio.BufferedProtocol):
     # -- reading ----------------------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        # The buffer of the thread reading now (a loop may be run by another thread later).
+        self._buffer = read_buffer()
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -353,6 +353,7 @@ class PeerConnection:
                 Piece(e.index, e.begin, bytes(e.block)) if type(e) is Piece and type(e.block) is memoryview else e
                 for e in exc.events
             ]
+            self._buffer = ByteQueue()  # failed: nothing more is read, so nothing of the read is kept
             raise
         finally:
             self._buffer.detach()
