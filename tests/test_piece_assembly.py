@@ -7,12 +7,13 @@ import ctypes
 import mmap
 import random
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyowtorrent.engine.pieces import PeerIdentity, PieceAssembler
+from pyowtorrent.engine.pieces import POPULATE_MAX, PeerIdentity, PieceAssembler
 from pyowtorrent.engine.services import InlineDisk
 from pyowtorrent.errors import StorageError
 from pyowtorrent.metainfo.layout import BLOCK_SIZE
@@ -130,3 +131,15 @@ def test_a_new_piece_buffer_is_resident_before_any_block_lands(made: tuple[Metai
     buf = assembler._take_buffer(0)
     address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     assert resident_pages(address, meta.piece_length) == meta.piece_length // mmap.PAGESIZE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore(2) is Linux's")
+def test_a_large_piece_buffer_takes_memory_only_as_blocks_land(tmp_path: Path) -> None:
+    # Mapped whole at once, each of many sparse large pieces would take its full size.
+    path = tmp_path / "p.bin"
+    path.write_bytes(random.Random(6).randbytes(3 * BLOCK_SIZE))
+    meta = create_torrent(path, piece_length=2 * POPULATE_MAX, creation_date=None)
+    assembler = PieceAssembler(meta.layout, MemoryStorage(meta), InlineDisk(), Results())
+    buf = assembler._take_buffer(0)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert resident_pages(address, 2 * POPULATE_MAX) == 0

@@ -29,11 +29,14 @@ __all__ = ["PieceAssembler", "PieceResults"]
 
 # At most this much memory in receive buffers kept for reuse.
 SPARE_BUFFER_BYTES = 32 << 20
-# A new buffer's pages are mapped when it is made, in one call, not one fault per 4 KiB as blocks
-# land (Linux): 40 instead of 100 us for a 256 KiB piece.  A leecher in a swarm fills many pieces
-# at once and makes a buffer for most of the first hundred it starts.
+# A new buffer of a piece up to this size has its pages mapped when it is made, in one call, not
+# one fault per 4 KiB as blocks land (Linux): 40 instead of 100 us for a 256 KiB piece, and a
+# leecher in a swarm fills many pieces at once, making a buffer for most of the first hundred it
+# starts.  A larger piece's buffer takes memory only as its blocks land: mapping 16 MiB at once
+# would hold the event loop ~4 ms, and many sparse pieces would take their whole size each.
+POPULATE_MAX = 1 << 20
 _POPULATE: dict[str, int] = (
-    {"flags": mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE} if hasattr(mmap, "MAP_POPULATE") else {}
+    {"flags": mmap.MAP_SHARED | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE} if hasattr(mmap, "MAP_POPULATE") else {}
 )
 # Pieces whole and waiting to be hashed and written: past this many bytes no more blocks are
 # asked for until the disk catches up (libtorrent's max_queued_disk_bytes), or a leecher fed
@@ -122,7 +125,11 @@ class PieceAssembler:
                 self.on_caught_up()
 
     def _take_buffer(self, index: int) -> memoryview:
-        spare = self._spare.pop() if self._spare else mmap.mmap(-1, self.layout.piece_length, **_POPULATE)
+        if self._spare:
+            spare = self._spare.pop()
+        else:
+            length = self.layout.piece_length
+            spare = mmap.mmap(-1, length, **(_POPULATE if length <= POPULATE_MAX else {}))
         return memoryview(spare)[: self.layout.piece_size(index)]
 
     def _give_back(self, buf: memoryview) -> None:
