@@ -602,18 +602,24 @@ except PyowtorrentError as exc:
 else:
     raise AssertionError("a session requiring encryption started without RC4")
 Session(encryption="enabled")  # starts: plaintext connections need no RC4
-a = Initiator(bytes(20), b"handshake", random.Random(1).randbytes, CryptoMethod.RC4)
-b = Receiver(lambda h: bytes(20), random.Random(2).randbytes, CryptoMethod.RC4)
-try:
-    a.receive_data(b.receive_data(a.first_bytes()))  # the initiator keys RC4 once it has both keys
-except ProtocolError as exc:  # the engine's CONNECTION_FAILURES: that connection ends, nothing else
-    assert "cannot run RC4" in str(exc), exc
-else:
-    raise AssertionError("an encrypted handshake went ahead without RC4")
+import logging
+logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+for seed in (1, 3):  # two connections: each fails, the warning comes once
+    a = Initiator(bytes(20), b"handshake", random.Random(seed).randbytes, CryptoMethod.RC4)
+    b = Receiver(lambda h: bytes(20), random.Random(seed + 1).randbytes, CryptoMethod.RC4)
+    try:
+        a.receive_data(b.receive_data(a.first_bytes()))  # the initiator keys RC4 once it has both keys
+    except ProtocolError as exc:  # the engine's CONNECTION_FAILURES: that connection ends, nothing else
+        assert "cannot run RC4" in str(exc), exc
+    else:
+        raise AssertionError("an encrypted handshake went ahead without RC4")
 """
     env = {**os.environ, "CRYPTOGRAPHY_OPENSSL_NO_LEGACY": "1"}
     r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    assert [line for line in r.stdout.splitlines() if line.startswith("WARNING")] == [
+        "WARNING this cryptography library cannot run RC4: no encrypted handshake: encrypted handshakes will fail"
+    ]
 
 
 # ---------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,8 @@ from dataclasses import dataclass
 from ..errors import ProtocolError
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
 from .handshake import PROTOCOL
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CryptoMethod",
@@ -144,16 +147,21 @@ def rc4_available() -> bool:
 
 
 def _rc4_context(key: bytes) -> Any:
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
-    from cryptography.hazmat.primitives.ciphers import Cipher
-
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
+        from cryptography.hazmat.primitives.ciphers import Cipher
+    except ImportError as exc:  # a broken install: a connection failure like any other
+        raise ProtocolError(f"cryptography cannot be imported ({exc}): no encrypted handshake") from None
     try:
         return Cipher(ARC4(key), mode=None).encryptor()
     except UnsupportedAlgorithm:
         # The session checks at start when encryption is required; when it is only enabled, an
         # encrypted handshake fails here, and with it that one connection.
         raise ProtocolError("this cryptography library cannot run RC4: no encrypted handshake") from None
+
+
+_told_no_rc4 = False
 
 
 class Rc4:
@@ -166,7 +174,14 @@ class Rc4:
     __slots__ = ("update",)
 
     def __init__(self, key: bytes) -> None:
-        context = _rc4_context(key)
+        global _told_no_rc4
+        try:
+            context = _rc4_context(key)
+        except ProtocolError as exc:
+            if not _told_no_rc4:  # once a process, as the session did at start before RC4 was imported lazily
+                _told_no_rc4 = True
+                log.warning("%s: encrypted handshakes will fail", exc)
+            raise
         context.update(bytes(RC4_DISCARD))
         self.update: Callable[[bytes | bytearray | memoryview], bytes] = context.update
 
