@@ -57,7 +57,8 @@ def read_buffer() -> memoryview:
 
 
 class Receiver(asyncio.BufferedProtocol):
-    """Reads into one buffer and calls ``on_data(view)``; :attr:`done` resolves when the connection ends.
+    """Reads into its thread's buffer (:func:`read_buffer`) and calls ``on_data(view)``; :attr:`done`
+    resolves when the connection ends.
 
     ``on_data`` may raise: the exception ends the connection's reading and
     becomes :attr:`done`'s.  ``done`` is ``None`` for the end of the stream
@@ -73,21 +74,20 @@ class Receiver(asyncio.BufferedProtocol):
         self.transport = transport
         self._stream_protocol = stream_protocol
         self.on_data = on_data
-        self._buffer = read_buffer()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- reading ----------------------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # The buffer of the thread reading now (a loop may be run by another thread later).
-        self._buffer = read_buffer()
-        return self._buffer
+        # The buffer of the thread reading now (a loop may be run by another thread later);
+        # buffer_updated follows on the same thread, before any other read.
+        return read_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.done.done():
             return  # ended by an earlier read's error: what follows no longer counts
         try:
-            self.on_data(self._buffer[:nbytes])
+            self.on_data(read_buffer()[:nbytes])
         except Exception as exc:  # noqa: BLE001 - the driver's to judge, through done
             self._finish(exc)
 

@@ -46,8 +46,8 @@ import hashlib
 import logging
 import struct
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ProtocolError
 from .errors import LocalProtocolError, RemoteProtocolError, Violation
